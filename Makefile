@@ -1,0 +1,63 @@
+# runcontrol developer commands. Every target creates .venv when it is missing.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-dev
+TOOLS := .tools
+BUF_VERSION := 1.75.0
+BUF := $(TOOLS)/node_modules/.bin/buf
+LISTEN ?= 127.0.0.1:50051
+PROTO_FILES := $(wildcard protos/runcontrol/v1/*.proto)
+
+.PHONY: help install serve test pytest lint typecheck proto proto-check bench clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+install: $(STAMP) ## create .venv and install the package with its dev dependencies
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+
+serve: $(STAMP) ## start the server on $(LISTEN) with the in-memory store
+	$(VENV)/bin/runcontrol-server --listen $(LISTEN)
+
+test: lint typecheck proto-check pytest ## every check and every test (what CI runs)
+
+pytest: $(STAMP) ## the test suite only, with coverage
+	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+	$(PY) -m coverage report --include='*/runcontrol_server/domain/*' --fail-under=95 > /dev/null || \
+		{ echo 'domain branch coverage is below 95%:'; $(PY) -m coverage report --include='*/runcontrol_server/domain/*'; exit 1; }
+
+lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, import-linter layer contracts
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	cd protos && ../$(BUF) lint
+	$(VENV)/bin/lint-imports
+
+typecheck: $(STAMP) ## mypy --strict on client and server code
+	$(VENV)/bin/mypy
+
+proto: $(STAMP) ## regenerate client/runcontrol/v1 from protos/
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
+		--python_out=client --grpc_python_out=client --mypy_out=quiet:client --mypy_grpc_out=quiet:client \
+		$(PROTO_FILES)
+
+proto-check: proto ## fail when the committed generated code differs from `make proto`
+	@git diff --exit-code -- client/runcontrol/v1 || { echo 'generated code drifted: run make proto and commit'; exit 1; }
+	@test -z "$$(git status --porcelain -- client/runcontrol/v1)" || { echo 'untracked generated files:'; git status --porcelain -- client/runcontrol/v1; exit 1; }
+
+clean: ## remove the virtualenv, tools and caches
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage

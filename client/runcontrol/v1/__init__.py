@@ -1,0 +1,1 @@
+"""Generated protobuf and gRPC code for the runcontrol.v1 contract (do not edit: `make proto`)."""
