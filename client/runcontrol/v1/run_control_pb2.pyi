@@ -261,7 +261,9 @@ class SetRunStatusRequest(_message.Message):
     run_id: _builtins.str
     """Required. The run to move."""
     status: _run_pb2.RunStatus.ValueType
-    """Required. The target status (not UNSPECIFIED, not PENDING)."""
+    """Required. The target status (not UNSPECIFIED). PENDING is never a legal
+    target: it is refused with INVALID_TRANSITION.
+    """
     error: _builtins.str
     """Optional error text (at most 4096 characters), stored with ERROR."""
     worker_id: _builtins.str

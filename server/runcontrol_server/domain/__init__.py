@@ -1,0 +1,80 @@
+"""The run-control domain: records, rules, the store protocol and the manager.
+
+Pure Python: nothing here imports grpc, the servicer or any store.
+"""
+
+from .clock import MonotonicClock
+from .errors import (
+    AlreadyClaimed,
+    InvalidArgument,
+    InvalidTransition,
+    LimitExceeded,
+    RequestIdReused,
+    RevisionCompacted,
+    RevisionMismatch,
+    RunActive,
+    RunControlError,
+    RunNotFound,
+    ShuttingDown,
+    ThreadBusy,
+)
+from .manager import RunManager
+from .model import (
+    ACTIVE_STATUSES,
+    CancelAction,
+    CancelOutcome,
+    Change,
+    ChangeKind,
+    ChangeSet,
+    CreateOutcome,
+    DeleteOutcome,
+    DisconnectMode,
+    Inflight,
+    ListCursor,
+    ListQuery,
+    MultitaskStrategy,
+    Run,
+    RunDraft,
+    RunPage,
+    RunStatus,
+    StatusChange,
+    TransitionOutcome,
+)
+from .store import RunStore
+
+__all__ = [
+    "ACTIVE_STATUSES",
+    "AlreadyClaimed",
+    "CancelAction",
+    "CancelOutcome",
+    "Change",
+    "ChangeKind",
+    "ChangeSet",
+    "CreateOutcome",
+    "DeleteOutcome",
+    "DisconnectMode",
+    "Inflight",
+    "InvalidArgument",
+    "InvalidTransition",
+    "LimitExceeded",
+    "ListCursor",
+    "ListQuery",
+    "MonotonicClock",
+    "MultitaskStrategy",
+    "RequestIdReused",
+    "RevisionCompacted",
+    "RevisionMismatch",
+    "Run",
+    "RunActive",
+    "RunControlError",
+    "RunDraft",
+    "RunManager",
+    "RunNotFound",
+    "RunPage",
+    "RunStatus",
+    "RunStore",
+    "ShuttingDown",
+    "StatusChange",
+    "ThreadBusy",
+    "TransitionOutcome",
+]

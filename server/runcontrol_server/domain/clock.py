@@ -1,0 +1,30 @@
+"""Time for the domain: UTC, microsecond precision, never going backwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+
+class MonotonicClock:
+    """Wall-clock UTC time that never goes backwards within one store.
+
+    Runs are listed by (created_at, create_revision); a store that reads the clock
+    and takes a revision in the same atomic step then lists in revision order too,
+    even when the system clock steps back. Microsecond precision is what every store
+    (PostgreSQL timestamptz included) keeps, so a record reads back exactly as written.
+    """
+
+    def __init__(self, source: Callable[[], datetime] | None = None) -> None:
+        self._source = source or (lambda: datetime.now(UTC))
+        self._last = datetime.min.replace(tzinfo=UTC)
+
+    def now(self) -> datetime:
+        current = self._source()
+        if current.tzinfo is None:
+            raise ValueError("clock source must return an aware datetime")
+        current = current.astimezone(UTC)
+        if current < self._last:
+            current = self._last
+        self._last = current
+        return current

@@ -1,0 +1,234 @@
+"""The run record and the values that describe it.
+
+Records are frozen snapshots: every change makes a new record, so a reader can
+never see (or cause) a half-applied change. JSON payloads are held as canonical
+JSON text and decoded into a fresh object on every read, so no reader ever holds
+a reference to stored internals.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from typing import Any
+
+
+class RunStatus(enum.StrEnum):
+    PENDING = "pending"
+    RUNNING = "running"
+    SUCCESS = "success"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def is_active(self) -> bool:
+        return self in ACTIVE_STATUSES
+
+    @property
+    def is_terminal(self) -> bool:
+        return self not in ACTIVE_STATUSES
+
+
+ACTIVE_STATUSES = frozenset({RunStatus.PENDING, RunStatus.RUNNING})
+
+
+class DisconnectMode(enum.StrEnum):
+    CANCEL = "cancel"
+    CONTINUE = "continue"
+
+
+class MultitaskStrategy(enum.StrEnum):
+    REJECT = "reject"
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
+    ENQUEUE = "enqueue"
+
+
+class CancelAction(enum.StrEnum):
+    INTERRUPT = "interrupt"
+    ROLLBACK = "rollback"
+
+
+class ChangeKind(enum.StrEnum):
+    """What happened to a run in the store (watchers turn it into ADDED/MODIFIED/DELETED)."""
+
+    CREATED = "created"
+    UPDATED = "updated"
+    DELETED = "deleted"
+
+
+def canonical_json(value: dict[str, Any] | None) -> str:
+    """The one textual form of a JSON object: equal objects give equal text."""
+    return json.dumps(
+        value or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One run at one revision. Never mutated: changes produce a new `Run`."""
+
+    run_id: str
+    thread_id: str
+    assistant_id: str | None
+    status: RunStatus
+    on_disconnect: DisconnectMode
+    multitask_strategy: MultitaskStrategy
+    metadata_json: str
+    kwargs_json: str
+    created_at: datetime
+    updated_at: datetime
+    create_revision: int
+    mod_revision: int
+    error: str | None = None
+    cancel_action: CancelAction = CancelAction.INTERRUPT
+    cancel_reason: str | None = None
+    worker_id: str | None = None
+    deadline: datetime | None = None
+    request_id: str | None = None
+
+    @property
+    def is_active(self) -> bool:
+        return self.status.is_active
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """A fresh copy of the metadata object."""
+        result: dict[str, Any] = json.loads(self.metadata_json)
+        return result
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        """A fresh copy of the kwargs object."""
+        result: dict[str, Any] = json.loads(self.kwargs_json)
+        return result
+
+    def evolve(self, **changes: Any) -> Run:
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True, slots=True)
+class RunDraft:
+    """Everything a caller decides about a new run; the store adds ids of time and revision."""
+
+    run_id: str
+    thread_id: str
+    assistant_id: str | None = None
+    on_disconnect: DisconnectMode = DisconnectMode.CANCEL
+    multitask_strategy: MultitaskStrategy = MultitaskStrategy.REJECT
+    metadata_json: str = "{}"
+    kwargs_json: str = "{}"
+    request_id: str | None = None
+    timeout: timedelta | None = None
+
+    def fingerprint(self) -> str:
+        """Identity of the *request* (not of the run): what request_id retries must repeat."""
+        return canonical_json(
+            {
+                "thread_id": self.thread_id,
+                "assistant_id": self.assistant_id,
+                "on_disconnect": self.on_disconnect.value,
+                "multitask_strategy": self.multitask_strategy.value,
+                "metadata": json.loads(self.metadata_json),
+                "kwargs": json.loads(self.kwargs_json),
+                "timeout_us": None
+                if self.timeout is None
+                else self.timeout // timedelta(microseconds=1),
+            }
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class StatusChange:
+    """A worker's request to move a run to `status`."""
+
+    run_id: str
+    status: RunStatus
+    error: str | None = None
+    worker_id: str | None = None
+    expected_mod_revision: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """One run's change within a revision."""
+
+    kind: ChangeKind
+    run: Run
+    prev_status: RunStatus | None
+
+
+@dataclass(frozen=True, slots=True)
+class ChangeSet:
+    """Everything that happened at one store revision (one atomic operation)."""
+
+    revision: int
+    changes: tuple[Change, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateOutcome:
+    run: Run
+    interrupted: tuple[Run, ...] = ()
+    queued_behind: tuple[str, ...] = ()
+    replayed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class TransitionOutcome:
+    run: Run
+    changed: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CancelOutcome:
+    run: Run
+    cancelled: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteOutcome:
+    run: Run
+    revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class Inflight:
+    thread_id: str
+    run_ids: tuple[str, ...]
+    revision: int
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ListCursor:
+    """Position after the last run of a page, in the list order (created_at, create_revision)."""
+
+    created_at: datetime
+    create_revision: int
+
+
+@dataclass(frozen=True, slots=True)
+class ListQuery:
+    thread_id: str | None = None
+    statuses: frozenset[RunStatus] = field(default_factory=frozenset)
+    limit: int = 50
+    after: ListCursor | None = None
+
+    def matches(self, run: Run) -> bool:
+        return (self.thread_id is None or run.thread_id == self.thread_id) and (
+            not self.statuses or run.status in self.statuses
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class RunPage:
+    runs: tuple[Run, ...]
+    next_cursor: ListCursor | None
+    revision: int
+
+
+def cursor_of(run: Run) -> ListCursor:
+    return ListCursor(run.created_at, run.create_revision)

@@ -1,0 +1,172 @@
+"""The rules every store shares: the status machine and the multitask strategies.
+
+Pure functions over records. A store calls them inside its own atomic section (one
+event-loop step in memory, one transaction in PostgreSQL), so the rules are written
+once and every store enforces them the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from .errors import AlreadyClaimed, InvalidTransition, RevisionMismatch, ThreadBusy
+from .model import (
+    CancelAction,
+    MultitaskStrategy,
+    Run,
+    RunDraft,
+    RunStatus,
+    StatusChange,
+)
+
+# The status machine, as ONE table: status -> statuses it may move to.
+TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
+    RunStatus.PENDING: frozenset(
+        {RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.ERROR, RunStatus.TIMEOUT}
+    ),
+    RunStatus.RUNNING: frozenset(
+        {RunStatus.SUCCESS, RunStatus.ERROR, RunStatus.TIMEOUT, RunStatus.INTERRUPTED}
+    ),
+    RunStatus.SUCCESS: frozenset(),
+    RunStatus.ERROR: frozenset(),
+    RunStatus.TIMEOUT: frozenset(),
+    RunStatus.INTERRUPTED: frozenset(),
+}
+
+DEFAULT_CANCEL_REASON = "cancelled by client"
+
+
+def can_move(from_status: RunStatus, to_status: RunStatus) -> bool:
+    return to_status in TRANSITIONS[from_status]
+
+
+def check_transition(run: Run, change: StatusChange, earlier_active: Sequence[str]) -> bool:
+    """Decide a worker's status change.
+
+    Returns False when the change repeats the transition that already happened (same
+    status, same worker, same error): an idempotent success that must not use a new
+    revision. Returns True when the change must be applied. Raises otherwise.
+
+    `earlier_active` are the ids of the thread's active runs created before `run`: a
+    run may not be claimed while any of them is active (ENQUEUE is FIFO per thread).
+    The repeat check runs before the compare-and-set so that a retried call whose
+    first attempt succeeded still succeeds.
+    """
+    if _is_repeat(run, change):
+        return False
+    if (
+        change.expected_mod_revision is not None
+        and change.expected_mod_revision != run.mod_revision
+    ):
+        raise RevisionMismatch(run.run_id, change.expected_mod_revision, run.mod_revision)
+    if (
+        run.status is RunStatus.RUNNING
+        and change.worker_id != run.worker_id
+        and (change.status is RunStatus.RUNNING or change.worker_id is not None)
+    ):
+        # Another worker claims a claimed run, or a different worker tries to finish it.
+        raise AlreadyClaimed(run.run_id, run.worker_id)
+    if not can_move(run.status, change.status):
+        raise InvalidTransition(run.run_id, run.status.value, change.status.value)
+    if change.status is RunStatus.RUNNING and earlier_active:
+        raise InvalidTransition(
+            run.run_id, run.status.value, change.status.value, queued_behind=earlier_active
+        )
+    return True
+
+
+def _is_repeat(run: Run, change: StatusChange) -> bool:
+    if run.status is not change.status or change.error != run.error:
+        return False
+    if change.status is RunStatus.PENDING:
+        return False  # nothing ever moves *to* PENDING, so there is nothing to repeat
+    if change.status is RunStatus.RUNNING:
+        # A claim repeats only for the very same worker (None included), so that
+        # exactly one of several anonymous or named claimers wins.
+        return change.worker_id == run.worker_id
+    # A terminal status repeated by the claiming worker, or by a caller that gives no id.
+    return change.worker_id is None or change.worker_id == run.worker_id
+
+
+def apply_transition(run: Run, change: StatusChange, now: datetime, revision: int) -> Run:
+    """The record after an accepted `change` (see `check_transition`)."""
+    worker_id = run.worker_id
+    if change.status is RunStatus.RUNNING or (worker_id is None and change.worker_id is not None):
+        worker_id = change.worker_id
+    return run.evolve(
+        status=change.status,
+        error=change.error if change.error is not None else run.error,
+        worker_id=worker_id,
+        updated_at=now,
+        mod_revision=revision,
+    )
+
+
+def apply_cancel(run: Run, action: CancelAction, reason: str, now: datetime, revision: int) -> Run:
+    """An active run interrupted by a cancel or by a newer run."""
+    return run.evolve(
+        status=RunStatus.INTERRUPTED,
+        cancel_action=action,
+        cancel_reason=reason,
+        updated_at=now,
+        mod_revision=revision,
+    )
+
+
+def apply_timeout(run: Run, now: datetime, revision: int) -> Run:
+    """An unfinished run whose deadline passed."""
+    return run.evolve(
+        status=RunStatus.TIMEOUT,
+        error=run.error if run.error is not None else "deadline exceeded",
+        updated_at=now,
+        mod_revision=revision,
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    """What creating a run on a thread does to the thread's active runs."""
+
+    interrupt: tuple[Run, ...]
+    cancel_action: CancelAction
+    queued_behind: tuple[str, ...]
+
+
+def plan_create(draft: RunDraft, active: Sequence[Run]) -> CreatePlan:
+    """Apply the multitask strategy to the thread's active runs (oldest first)."""
+    strategy = draft.multitask_strategy
+    if not active:
+        return CreatePlan((), CancelAction.INTERRUPT, ())
+    if strategy is MultitaskStrategy.REJECT:
+        raise ThreadBusy(draft.thread_id, [r.run_id for r in active])
+    if strategy is MultitaskStrategy.ENQUEUE:
+        return CreatePlan((), CancelAction.INTERRUPT, tuple(r.run_id for r in active))
+    action = (
+        CancelAction.ROLLBACK if strategy is MultitaskStrategy.ROLLBACK else CancelAction.INTERRUPT
+    )
+    return CreatePlan(tuple(active), action, ())
+
+
+def interrupt_reason(new_run_id: str, strategy: MultitaskStrategy) -> str:
+    return f"interrupted by newer run {new_run_id} (multitask_strategy={strategy.value})"
+
+
+def new_run(draft: RunDraft, now: datetime, revision: int) -> Run:
+    return Run(
+        run_id=draft.run_id,
+        thread_id=draft.thread_id,
+        assistant_id=draft.assistant_id,
+        status=RunStatus.PENDING,
+        on_disconnect=draft.on_disconnect,
+        multitask_strategy=draft.multitask_strategy,
+        metadata_json=draft.metadata_json,
+        kwargs_json=draft.kwargs_json,
+        created_at=now,
+        updated_at=now,
+        create_revision=revision,
+        mod_revision=revision,
+        deadline=None if draft.timeout is None else now + draft.timeout,
+        request_id=draft.request_id,
+    )

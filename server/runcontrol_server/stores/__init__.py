@@ -1,0 +1,5 @@
+"""Implementations of `runcontrol_server.domain.store.RunStore`."""
+
+from .memory import InMemoryRunStore
+
+__all__ = ["InMemoryRunStore"]

@@ -1,0 +1,285 @@
+"""The in-memory store: the embedded default, for one server process.
+
+Atomicity comes from the event loop: every operation below runs from start to end
+without an `await` in between, so no other task can observe or interleave with a
+half-done change. That is the whole concurrency story; there is no lock to forget.
+
+Indexes keep every per-thread question proportional to the thread, not the store:
+`_threads[thread_id]` holds the thread's runs in creation order and its active runs.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+from collections import deque
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+
+from ..domain.clock import MonotonicClock
+from ..domain.errors import (
+    RequestIdReused,
+    RevisionCompacted,
+    RevisionMismatch,
+    RunActive,
+    RunNotFound,
+)
+from ..domain.model import (
+    CancelAction,
+    CancelOutcome,
+    Change,
+    ChangeKind,
+    ChangeSet,
+    CreateOutcome,
+    DeleteOutcome,
+    Inflight,
+    ListQuery,
+    Run,
+    RunDraft,
+    RunPage,
+    RunStatus,
+    StatusChange,
+    TransitionOutcome,
+    cursor_of,
+)
+from ..domain.rules import (
+    apply_cancel,
+    apply_transition,
+    check_transition,
+    interrupt_reason,
+    new_run,
+    plan_create,
+)
+
+DEFAULT_HISTORY_LIMIT = 10_000
+
+
+class _CreationOrder:
+    """Run ids in ascending create_revision, with O(log n) seeks and lazy deletion.
+
+    Revisions are handed out in increasing order, so adding is an append; deleting
+    only forgets the id and the list is compacted once it is mostly holes.
+    """
+
+    __slots__ = ("_live", "_revisions")
+
+    def __init__(self) -> None:
+        self._revisions: list[int] = []
+        self._live: dict[int, str] = {}
+
+    def __len__(self) -> int:
+        return len(self._live)
+
+    def add(self, create_revision: int, run_id: str) -> None:
+        self._revisions.append(create_revision)
+        self._live[create_revision] = run_id
+
+    def remove(self, create_revision: int) -> None:
+        del self._live[create_revision]
+        if len(self._revisions) > 2 * len(self._live) + 64:
+            self._revisions = [r for r in self._revisions if r in self._live]
+
+    def newest_first(self, before_revision: int | None = None) -> Iterator[str]:
+        end = (
+            len(self._revisions)
+            if before_revision is None
+            else bisect.bisect_left(self._revisions, before_revision)
+        )
+        for index in range(end - 1, -1, -1):
+            run_id = self._live.get(self._revisions[index])
+            if run_id is not None:
+                yield run_id
+
+
+@dataclass(slots=True)
+class _Thread:
+    runs: _CreationOrder = field(default_factory=_CreationOrder)
+    # Active run ids in creation order (dicts keep insertion order): the FIFO queue.
+    active: dict[str, None] = field(default_factory=dict)
+
+
+class InMemoryRunStore:
+    """`RunStore` held in this process's memory. Lost on restart; not shared by replicas."""
+
+    def __init__(
+        self, *, clock: MonotonicClock | None = None, history_limit: int = DEFAULT_HISTORY_LIMIT
+    ) -> None:
+        if history_limit < 1:
+            raise ValueError("history_limit must be at least 1")
+        self._clock = clock or MonotonicClock()
+        self._runs: dict[str, Run] = {}
+        self._order = _CreationOrder()
+        self._threads: dict[str, _Thread] = {}
+        self._requests: dict[str, tuple[str, CreateOutcome]] = {}
+        self._revision = 0
+        self._history: deque[ChangeSet] = deque(maxlen=history_limit)
+        self._compact_revision = 0  # every revision <= this one has left the history
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> Run:
+        return self._get(run_id)
+
+    async def list_runs(self, query: ListQuery) -> RunPage:
+        # Creation order is (created_at, create_revision) order here: the monotonic
+        # clock is read in the same step that takes the revision.
+        before = None if query.after is None else query.after.create_revision
+        if query.thread_id is not None:
+            thread = self._threads.get(query.thread_id)
+            candidates: Iterator[str] = (
+                iter(()) if thread is None else thread.runs.newest_first(before)
+            )
+        else:
+            candidates = self._order.newest_first(before)
+        matching = (run for run in map(self._runs.__getitem__, candidates) if query.matches(run))
+        page = tuple(itertools.islice(matching, query.limit + 1))
+        more = len(page) > query.limit
+        page = page[: query.limit]
+        return RunPage(page, cursor_of(page[-1]) if more and page else None, self._revision)
+
+    async def inflight(self, thread_id: str) -> Inflight:
+        thread = self._threads.get(thread_id)
+        run_ids = () if thread is None else tuple(thread.active)
+        return Inflight(thread_id, run_ids, self._revision)
+
+    async def revision(self) -> int:
+        return self._revision
+
+    async def changes_since(self, revision: int) -> Sequence[ChangeSet]:
+        if revision <= self._compact_revision:
+            raise RevisionCompacted(revision, self._compact_revision)
+        # Revisions are contiguous, one change set each, so the offset is arithmetic.
+        start = revision - self._compact_revision - 1
+        return list(itertools.islice(self._history, start, None))
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def create_run(self, draft: RunDraft) -> CreateOutcome:
+        fingerprint = draft.fingerprint() if draft.request_id is not None else ""
+        if draft.request_id is not None and (seen := self._requests.get(draft.request_id)):
+            seen_fingerprint, outcome = seen
+            if seen_fingerprint != fingerprint:
+                raise RequestIdReused(draft.request_id, outcome.run.run_id)
+            return replace(outcome, replayed=True)
+        if draft.run_id in self._runs:
+            raise RuntimeError(f"run id collision: {draft.run_id}")
+
+        plan = plan_create(draft, self._active_runs(draft.thread_id))
+        revision, now = self._revision + 1, self._clock.now()
+        changes: list[Change] = []
+        interrupted: list[Run] = []
+        reason = interrupt_reason(draft.run_id, draft.multitask_strategy)
+        for old in plan.interrupt:
+            run = apply_cancel(old, plan.cancel_action, reason, now, revision)
+            self._replace(run)
+            interrupted.append(run)
+            changes.append(Change(ChangeKind.UPDATED, run, old.status))
+        run = new_run(draft, now, revision)
+        self._insert(run)
+        changes.append(Change(ChangeKind.CREATED, run, None))
+        self._commit(revision, changes)
+
+        outcome = CreateOutcome(run, tuple(interrupted), plan.queued_behind)
+        if draft.request_id is not None:
+            self._requests[draft.request_id] = (fingerprint, outcome)
+        return outcome
+
+    async def set_status(self, change: StatusChange) -> TransitionOutcome:
+        run = self._get(change.run_id)
+        earlier = self._earlier_active(run) if change.status is RunStatus.RUNNING else []
+        if not check_transition(run, change, earlier):
+            return TransitionOutcome(run, changed=False)
+        revision = self._revision + 1
+        updated = apply_transition(run, change, self._clock.now(), revision)
+        self._replace(updated)
+        self._commit(revision, [Change(ChangeKind.UPDATED, updated, run.status)])
+        return TransitionOutcome(updated, changed=True)
+
+    async def cancel_run(self, run_id: str, action: CancelAction, reason: str) -> CancelOutcome:
+        run = self._get(run_id)
+        if not run.is_active:
+            return CancelOutcome(run, cancelled=False)
+        revision = self._revision + 1
+        cancelled = apply_cancel(run, action, reason, self._clock.now(), revision)
+        self._replace(cancelled)
+        self._commit(revision, [Change(ChangeKind.UPDATED, cancelled, run.status)])
+        return CancelOutcome(cancelled, cancelled=True)
+
+    async def delete_run(self, run_id: str, expected_mod_revision: int | None) -> DeleteOutcome:
+        run = self._get(run_id)
+        if expected_mod_revision is not None and expected_mod_revision != run.mod_revision:
+            raise RevisionMismatch(run_id, expected_mod_revision, run.mod_revision)
+        if run.is_active:
+            raise RunActive(run_id, run.status.value)
+        revision = self._revision + 1
+        self._remove(run)
+        self._commit(revision, [Change(ChangeKind.DELETED, run, run.status)])
+        return DeleteOutcome(run, revision)
+
+    async def close(self) -> None:
+        return None
+
+    # -- internals (all synchronous: each public method is one atomic step) -------------
+
+    def _get(self, run_id: str) -> Run:
+        try:
+            return self._runs[run_id]
+        except KeyError:
+            raise RunNotFound(run_id) from None
+
+    def _active_runs(self, thread_id: str) -> list[Run]:
+        thread = self._threads.get(thread_id)
+        return [] if thread is None else [self._runs[run_id] for run_id in thread.active]
+
+    def _earlier_active(self, run: Run) -> list[str]:
+        """Active runs of the thread created before `run` (the runs it is queued behind)."""
+        thread = self._threads[run.thread_id]
+        return [
+            run_id
+            for run_id in itertools.takewhile(lambda rid: rid != run.run_id, thread.active)
+            if self._runs[run_id].create_revision < run.create_revision
+        ]
+
+    def _insert(self, run: Run) -> None:
+        self._runs[run.run_id] = run
+        self._order.add(run.create_revision, run.run_id)
+        thread = self._threads.setdefault(run.thread_id, _Thread())
+        thread.runs.add(run.create_revision, run.run_id)
+        if run.is_active:
+            thread.active[run.run_id] = None
+
+    def _replace(self, run: Run) -> None:
+        self._runs[run.run_id] = run
+        if not run.is_active:
+            self._threads[run.thread_id].active.pop(run.run_id, None)
+
+    def _remove(self, run: Run) -> None:
+        del self._runs[run.run_id]
+        self._order.remove(run.create_revision)
+        thread = self._threads[run.thread_id]
+        thread.runs.remove(run.create_revision)
+        thread.active.pop(run.run_id, None)
+        if not thread.runs:
+            del self._threads[run.thread_id]
+        if run.request_id is not None:
+            # The idempotency key lives exactly as long as the run it created.
+            seen = self._requests.get(run.request_id)
+            if seen is not None and seen[1].run.run_id == run.run_id:
+                del self._requests[run.request_id]
+
+    def _commit(self, revision: int, changes: list[Change]) -> None:
+        if len(self._history) == self._history.maxlen:
+            self._compact_revision = self._history[0].revision
+        self._history.append(ChangeSet(revision, tuple(changes)))
+        self._revision = revision
+
+    # -- introspection for tests and metrics -------------------------------------------
+
+    def sizes(self) -> dict[str, int]:
+        """Sizes of every internal structure (used to prove memory stays bounded)."""
+        return {
+            "runs": len(self._runs),
+            "threads": len(self._threads),
+            "requests": len(self._requests),
+            "history": len(self._history),
+        }
