@@ -1,0 +1,34 @@
+"""Entry point of `runcontrol-server` and `python -m runcontrol_server`."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+
+from .config import parse_settings
+
+log = logging.getLogger("runcontrol_server")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse settings (exit 2 on bad ones), serve until SIGTERM/SIGINT, return 0."""
+    settings = parse_settings(argv)
+    # Imported only now so `--help` and usage errors stay fast and need no grpc.
+    from .app import ListenError, configure_logging, serve
+
+    configure_logging(settings)
+    try:
+        asyncio.run(serve(settings))
+    except ListenError as exc:
+        # The address is taken or not local: a traceback adds nothing.
+        log.error("%s", exc)
+        return 1
+    except KeyboardInterrupt:
+        # A second Ctrl-C during the grace period: stop at once, as shells expect.
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,267 @@
+"""Build and run the gRPC server: RunControl, health, reflection and graceful drain.
+
+Shutdown order (SIGTERM/SIGINT or `RunControlServer.stop`):
+1. drain: health turns NOT_SERVING for every service and new RunControl calls are
+   refused with UNAVAILABLE / SHUTTING_DOWN, so balancers and clients move away;
+2. `grpc.aio.Server.stop(grace)`: in-flight calls get up to `grace` seconds to
+   finish, then are cancelled;
+3. the manager (and its store) is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from runcontrol.v1 import run_control_pb2, run_control_pb2_grpc
+
+from .config import Settings, log_level_number, split_host_port
+from .domain.errors import ShuttingDown
+from .domain.manager import RunManager
+from .servicer import Limits, RunControlServicer
+from .servicer.errors import mapped_errors
+from .stores.memory import InMemoryRunStore
+
+log = logging.getLogger(__name__)
+
+
+class ListenError(OSError):
+    """The configured address could not be bound."""
+
+
+RUN_CONTROL_SERVICE = run_control_pb2.DESCRIPTOR.services_by_name["RunControl"].full_name
+HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Services that keep answering while draining: health must be able to say NOT_SERVING,
+# and reflection is harmless metadata.
+_ALWAYS_SERVED = (f"/{HEALTH_SERVICE}/", f"/{reflection.SERVICE_NAME}/")
+# gRPC's default receive limit; raised only if two max-size payloads would not fit.
+_DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
+_MESSAGE_OVERHEAD = 64 * 1024
+
+_Req = TypeVar("_Req")
+_Resp = TypeVar("_Resp")
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log to stderr: stdout carries only the `listening on` line for supervisors."""
+    logging.basicConfig(
+        stream=sys.stderr,
+        level=log_level_number(settings),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def build_manager(settings: Settings) -> RunManager:
+    """The manager over the configured store (only the in-memory store for now)."""
+    del settings  # store selection (e.g. PostgreSQL) will read it
+    return RunManager(InMemoryRunStore())
+
+
+class _DrainInterceptor(grpc.aio.ServerInterceptor):
+    """While draining, answers new RunControl calls with UNAVAILABLE / SHUTTING_DOWN.
+
+    Calls already past this point are in flight and run on under the grace period.
+    """
+
+    def __init__(self, manager: RunManager) -> None:
+        self._manager = manager
+        self.draining = False
+
+    async def intercept_service(
+        self,
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
+        ],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
+        handler = await continuation(handler_call_details)
+        method = handler_call_details.method
+        # None means an unknown method: let gRPC answer UNIMPLEMENTED as usual.
+        if not self.draining or handler is None or method.startswith(_ALWAYS_SERVED):
+            return handler
+        return self._refusing_handler(handler)
+
+    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        # Through the servicer's error table, so the status matches every other
+        # SHUTTING_DOWN (code, reason, resume revision in the metadata).
+        async with mapped_errors(context):
+            raise ShuttingDown(await self._manager.revision())
+
+    def _refusing_handler(
+        self, handler: grpc.RpcMethodHandler[_Req, _Resp]
+    ) -> grpc.RpcMethodHandler[_Req, _Resp]:
+        # The refusal must have the same arity as the real method, or gRPC would
+        # read or write the stream with the wrong shape.
+        abort = self._abort
+        codec: dict[str, Any] = {
+            "request_deserializer": handler.request_deserializer,
+            "response_serializer": handler.response_serializer,
+        }
+
+        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await abort(context)
+
+        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            await abort(context)
+            yield  # pragma: no cover - makes this an async generator; abort raises
+
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(unary, **codec)
+        if handler.unary_stream is not None:
+            return grpc.unary_stream_rpc_method_handler(streaming, **codec)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(unary, **codec)
+        return grpc.stream_stream_rpc_method_handler(streaming, **codec)
+
+
+class RunControlServer:
+    """One gRPC server process-part: RunControl + health + reflection on one address.
+
+    The server owns `manager` (built from `settings` when not given) and closes it
+    on `stop`.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        manager: RunManager | None = None,
+        limits: Limits | None = None,
+        page_token_key: bytes | None = None,
+    ) -> None:
+        """`limits` and `page_token_key` override what `settings` derive (for tests)."""
+        self._settings = settings
+        self._manager = manager if manager is not None else build_manager(settings)
+        self._health = health_aio.HealthServicer()
+        self._drain = _DrainInterceptor(self._manager)
+        if page_token_key is None and settings.page_token_key is not None:
+            page_token_key = settings.page_token_key.encode()
+        self._servicer = RunControlServicer(
+            self._manager,
+            limits=limits or Limits(max_payload_bytes=settings.max_payload_bytes),
+            page_token_key=page_token_key,
+        )
+        max_receive = max(_DEFAULT_MAX_RECEIVE, 2 * settings.max_payload_bytes + _MESSAGE_OVERHEAD)
+        self._server = grpc.aio.server(
+            interceptors=[self._drain],
+            maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+            options=[
+                # Without this, Linux gRPC binds with SO_REUSEPORT and a second server
+                # on the same port would silently share it instead of failing.
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", max_receive),
+            ],
+        )
+        run_control_pb2_grpc.add_RunControlServicer_to_server(self._servicer, self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
+        reflection.enable_server_reflection(
+            (RUN_CONTROL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self._server
+        )
+        self._address: str | None = None
+        self._stopping: asyncio.Task[None] | None = None
+
+    @property
+    def manager(self) -> RunManager:
+        return self._manager
+
+    @property
+    def address(self) -> str:
+        """The bound "HOST:PORT" (the real port when `listen` asked for port 0)."""
+        if self._address is None:
+            raise RuntimeError("server not started")
+        return self._address
+
+    @property
+    def draining(self) -> bool:
+        return self._drain.draining
+
+    async def start(self) -> str:
+        """Bind `settings.listen`, start serving, and return the bound "HOST:PORT"."""
+        host, _ = split_host_port(self._settings.listen)
+        try:
+            port = self._server.add_insecure_port(self._settings.listen)
+        except RuntimeError as exc:  # grpc raises a bare RuntimeError on bind failure
+            raise ListenError(f"cannot listen on {self._settings.listen}: {exc}") from exc
+        for service in ("", RUN_CONTROL_SERVICE):
+            await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._server.start()
+        self._address = f"{host}:{port}"
+        log.info("serving %s on %s", RUN_CONTROL_SERVICE, self._address)
+        return self._address
+
+    async def begin_drain(self) -> None:
+        """Report NOT_SERVING and refuse new RunControl calls; in-flight ones continue."""
+        if self._drain.draining:
+            return
+        self._drain.draining = True
+        # Permanent: later `set` calls are ignored, so nothing flips it back to SERVING.
+        await self._health.enter_graceful_shutdown()
+        log.info("draining: new calls are refused with SHUTTING_DOWN")
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Drain, give in-flight calls `grace` seconds (default: the setting), close.
+
+        Safe to call more than once and concurrently; every caller waits for the end.
+        """
+        if self._stopping is None:
+            self._stopping = asyncio.ensure_future(self._stop(grace))
+        await asyncio.shield(self._stopping)
+
+    async def _stop(self, grace: float | None) -> None:
+        grace = self._settings.grace_period if grace is None else grace
+        await self.begin_drain()
+        await self._server.stop(grace)
+        await self._manager.close()
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self._server.wait_for_termination()
+
+
+async def serve(settings: Settings) -> None:
+    """Run until SIGTERM or SIGINT, then stop gracefully.
+
+    Prints `listening on HOST:PORT` as the first line of stdout once the port is bound,
+    so a supervisor or test can start with port 0 and learn the real port.
+    """
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+
+    def on_signal(signum: signal.Signals) -> None:
+        log.info("received %s, stopping (grace %.1fs)", signum.name, settings.grace_period)
+        stop_requested.set()
+
+    # Handlers go in before the port is bound, so a signal sent as soon as the
+    # `listening on` line appears is never lost to the default action.
+    signals = (signal.SIGTERM, signal.SIGINT)
+    for signum in signals:
+        loop.add_signal_handler(signum, on_signal, signum)
+
+    def restore_signals() -> None:
+        # Default handling again: a second Ctrl-C or SIGTERM during the grace period
+        # ends the process at once instead of being swallowed.
+        for signum in signals:
+            loop.remove_signal_handler(signum)
+
+    server = RunControlServer(settings)
+    try:
+        address = await server.start()
+    except BaseException:
+        restore_signals()
+        await server.manager.close()
+        raise
+    try:
+        print(f"listening on {address}", flush=True)
+        await stop_requested.wait()
+    finally:
+        restore_signals()
+        await server.stop()

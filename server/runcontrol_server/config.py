@@ -1,0 +1,226 @@
+"""Server settings: one table drives the dataclass defaults, the flags and the env vars.
+
+Every setting is a `--flag` and a `RUNCONTROL_<NAME>` environment variable; a flag
+wins over the environment, the environment over the default. Adding a setting is
+one field on `Settings` plus one row in `OPTIONS`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+ENV_PREFIX = "RUNCONTROL_"
+_LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+# A shorter HMAC key would make page tokens forgeable by brute force.
+MIN_PAGE_TOKEN_KEY_LENGTH = 16
+
+
+@dataclass(frozen=True)
+class Settings:
+    listen: str = "127.0.0.1:50051"
+    grace_period: float = 5.0
+    max_payload_bytes: int = 65536
+    log_level: str = "INFO"
+    # A secret: kept out of repr so it never reaches a log line.
+    page_token_key: str | None = field(default=None, repr=False)
+    max_concurrent_rpcs: int | None = None
+
+
+# --- value parsers: each takes the raw string and raises ValueError with a reason.
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """Split "HOST:PORT" (IPv6 hosts in brackets) and check the port range."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host:
+        raise ValueError("expected HOST:PORT")
+    if ":" in host and not (host.startswith("[") and host.endswith("]")):
+        raise ValueError("IPv6 hosts must be in brackets, e.g. [::1]:50051")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError("port must be an integer from 0 to 65535")
+    return host, int(port_text)
+
+
+def _listen(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+def _non_negative_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError("must be a number") from None
+    # float() accepts "nan" and "inf"; neither is a usable duration.
+    if not number >= 0 or number == float("inf"):
+        raise ValueError("must be a finite number >= 0")
+    return number
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError("must be an integer") from None
+    if number <= 0:
+        raise ValueError("must be an integer > 0")
+    return number
+
+
+def _log_level(value: str) -> str:
+    level = value.upper()
+    if level not in _LOG_LEVELS:
+        raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
+    return level
+
+
+def _page_token_key(value: str) -> str:
+    if len(value) < MIN_PAGE_TOKEN_KEY_LENGTH:
+        raise ValueError(f"must be at least {MIN_PAGE_TOKEN_KEY_LENGTH} characters")
+    return value
+
+
+@dataclass(frozen=True)
+class Option:
+    """One row of the settings table. `name` is the `Settings` field."""
+
+    name: str
+    parse: Callable[[str], Any]
+    metavar: str
+    help: str
+    # Shown in --help instead of the field default, for defaults that are not a value.
+    default_text: str | None = None
+    # Secret values are never echoed back in error messages.
+    secret: bool = False
+
+    def describe(self, value: str) -> str:
+        return "invalid value" if self.secret else f"invalid value {value!r}"
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option("listen", _listen, "HOST:PORT", "address to serve on; port 0 picks a free port"),
+    Option(
+        "grace_period",
+        _non_negative_float,
+        "SECONDS",
+        "on SIGTERM/SIGINT, how long in-flight calls may run before they are cancelled",
+    ),
+    Option(
+        "max_payload_bytes",
+        _positive_int,
+        "BYTES",
+        "largest serialized metadata or kwargs accepted per run",
+    ),
+    Option("log_level", _log_level, "LEVEL", f"stderr log level ({', '.join(_LOG_LEVELS)})"),
+    Option(
+        "page_token_key",
+        _page_token_key,
+        "SECRET",
+        "key that signs ListRuns page tokens; give every replica the same one so a "
+        f"token from one works on another (at least {MIN_PAGE_TOKEN_KEY_LENGTH} characters)",
+        default_text="random per process",
+        secret=True,
+    ),
+    Option(
+        "max_concurrent_rpcs",
+        _positive_int,
+        "N",
+        "calls served at once; more are refused with RESOURCE_EXHAUSTED",
+        default_text="unlimited",
+    ),
+)
+
+
+def _check_table() -> None:
+    # Fail at import, not at run time, if the table and the dataclass drift apart.
+    fields = {f.name for f in dataclasses.fields(Settings)}
+    rows = [o.name for o in OPTIONS]
+    if sorted(rows) != sorted(fields):
+        raise AssertionError(f"OPTIONS {rows} do not match Settings fields {sorted(fields)}")
+
+
+_check_table()
+_DEFAULTS = Settings()
+
+
+def _default_text(option: Option) -> str:
+    if option.default_text is not None:
+        return option.default_text
+    return str(getattr(_DEFAULTS, option.name))
+
+
+def _argparse_type(option: Option) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            return option.parse(value)
+        except ValueError as exc:
+            # argparse shows the message of ArgumentTypeError as is.
+            raise argparse.ArgumentTypeError(f"{option.describe(value)}: {exc}") from None
+
+    return parse
+
+
+def build_parser(prog: str | None = "runcontrol-server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog,
+        description="Serve the runcontrol.v1.RunControl gRPC API. Each flag can also be "
+        "set with the environment variable shown; a flag wins over the environment.",
+    )
+    for option in OPTIONS:
+        parser.add_argument(
+            option.flag,
+            dest=option.name,
+            type=_argparse_type(option),
+            metavar=option.metavar,
+            # SUPPRESS leaves unset flags out of the namespace, so env and defaults
+            # can be told apart from an explicit flag.
+            default=argparse.SUPPRESS,
+            help=f"{option.help} [env {option.env}; default {_default_text(option)}]",
+        )
+    return parser
+
+
+def parse_settings(
+    argv: Sequence[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    *,
+    parser: argparse.ArgumentParser | None = None,
+) -> Settings:
+    """Resolve every setting: flag, then `RUNCONTROL_<NAME>`, then the default.
+
+    An empty environment variable counts as unset. Invalid values exit with
+    status 2 and a usage message (argparse's `error`).
+    """
+    parser = parser or build_parser()
+    env = os.environ if environ is None else environ
+    namespace = vars(parser.parse_args(argv))
+    values: dict[str, Any] = {}
+    for option in OPTIONS:
+        if option.name in namespace:
+            values[option.name] = namespace[option.name]
+        elif env.get(option.env, ""):
+            # An empty variable counts as unset, as `FOO=` in a compose file means.
+            raw = env[option.env]
+            try:
+                values[option.name] = option.parse(raw)
+            except ValueError as exc:
+                parser.error(f"environment variable {option.env}: {option.describe(raw)}: {exc}")
+    return Settings(**values)
+
+
+def log_level_number(settings: Settings) -> int:
+    return logging.getLevelNamesMapping()[settings.log_level]

@@ -1,0 +1,178 @@
+"""Request validation: pure checks that raise `InvalidArgument(field, message)`.
+
+Everything malformed is refused here, before the manager is called, so the domain
+only ever sees well-formed values and a refused request changes nothing. The
+`field` named in the error is the request field's proto name (for repeated fields
+the field itself, e.g. `statuses`), which is what clients branch on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from datetime import timedelta
+
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.struct_pb2 import Struct
+
+from runcontrol.v1 import run_control_pb2 as pb
+
+from ..domain.errors import InvalidArgument
+from .convert import (
+    CANCEL_ACTION_FROM_PROTO,
+    DISCONNECT_FROM_PROTO,
+    STATUS_FROM_PROTO,
+    STRATEGY_FROM_PROTO,
+    struct_to_dict,
+)
+from .limits import Limits
+
+_UNSPECIFIED = 0
+# google.protobuf.Duration's own range (about 10,000 years).
+_MAX_DURATION_SECONDS = 315_576_000_000
+_MIN_PROGRESS_INTERVAL = timedelta(milliseconds=100)
+_MAX_PROGRESS_INTERVAL = timedelta(hours=1)
+
+
+def check_id(field: str, value: str, limits: Limits) -> None:
+    if not value:
+        raise InvalidArgument(field, "must not be empty")
+    if len(value) > limits.max_id_length:
+        raise InvalidArgument(field, f"must be at most {limits.max_id_length} characters")
+    if not value.isprintable():
+        raise InvalidArgument(field, "must contain printable characters only")
+
+
+def check_text(field: str, value: str, limits: Limits) -> None:
+    if len(value) > limits.max_text_length:
+        raise InvalidArgument(field, f"must be at most {limits.max_text_length} characters")
+
+
+def check_enum(field: str, value: int, known: Mapping[int, object], *, required: bool) -> None:
+    """`value` must be a known proto enum number; UNSPECIFIED only when optional.
+
+    proto3 enums are open: a client can send any int32, which arrives unchanged.
+    """
+    if value == _UNSPECIFIED:
+        if required:
+            raise InvalidArgument(field, "must be specified")
+        return
+    if value not in known:
+        raise InvalidArgument(field, f"unknown value {value}")
+
+
+def check_statuses(field: str, values: Iterable[int]) -> None:
+    for value in values:
+        check_enum(field, value, STATUS_FROM_PROTO, required=True)
+
+
+def check_payload(field: str, value: Struct, limits: Limits) -> None:
+    size = value.ByteSize()
+    if size > limits.max_payload_bytes:
+        raise InvalidArgument(
+            field, f"is {size} bytes serialized; the limit is {limits.max_payload_bytes}"
+        )
+    try:
+        # NaN and Infinity have no JSON form, so they cannot be stored as given.
+        struct_to_dict(value)
+    except ValueError as exc:
+        raise InvalidArgument(field, f"is not a valid JSON object: {exc}") from None
+
+
+def check_duration(field: str, value: Duration) -> timedelta:
+    """A well-formed Duration (proto rules: bounded seconds, nanos of the same sign)."""
+    seconds, nanos = value.seconds, value.nanos
+    if abs(seconds) > _MAX_DURATION_SECONDS or not -999_999_999 <= nanos <= 999_999_999:
+        raise InvalidArgument(field, "is not a valid duration")
+    if (seconds > 0 and nanos < 0) or (seconds < 0 and nanos > 0):
+        raise InvalidArgument(field, "is not a valid duration (seconds and nanos differ in sign)")
+    return value.ToTimedelta()
+
+
+def check_revision(field: str, value: int) -> None:
+    if value < 0:
+        raise InvalidArgument(field, "must not be negative")
+
+
+def validate_create_run(request: pb.CreateRunRequest, limits: Limits) -> None:
+    check_id("thread_id", request.thread_id, limits)
+    if request.HasField("assistant_id"):
+        check_id("assistant_id", request.assistant_id, limits)
+    if request.HasField("request_id"):
+        check_id("request_id", request.request_id, limits)
+    check_enum("on_disconnect", request.on_disconnect, DISCONNECT_FROM_PROTO, required=False)
+    check_enum(
+        "multitask_strategy", request.multitask_strategy, STRATEGY_FROM_PROTO, required=False
+    )
+    check_payload("metadata", request.metadata, limits)
+    check_payload("kwargs", request.kwargs, limits)
+    if request.HasField("timeout"):
+        timeout = check_duration("timeout", request.timeout)
+        # Stores keep microseconds, so anything shorter would be a zero timeout.
+        if timeout < timedelta(microseconds=1):
+            raise InvalidArgument("timeout", "must be positive (at least 1 microsecond)")
+        if timeout > limits.max_run_timeout:
+            raise InvalidArgument("timeout", f"must be at most {limits.max_run_timeout}")
+
+
+def validate_get_run(request: pb.GetRunRequest, limits: Limits) -> None:
+    check_id("run_id", request.run_id, limits)
+
+
+def validate_list_runs(request: pb.ListRunsRequest, limits: Limits) -> None:
+    # An empty thread_id means "every thread"; a given one must be a valid id.
+    if request.thread_id:
+        check_id("thread_id", request.thread_id, limits)
+    check_statuses("statuses", request.statuses)
+    if not 0 <= request.page_size <= limits.max_page_size:
+        raise InvalidArgument("page_size", f"must be between 0 and {limits.max_page_size}")
+    # page_token is checked when decoded (it must match this request's filter).
+
+
+def validate_set_run_status(request: pb.SetRunStatusRequest, limits: Limits) -> None:
+    check_id("run_id", request.run_id, limits)
+    check_enum("status", request.status, STATUS_FROM_PROTO, required=True)
+    if request.HasField("error"):
+        check_text("error", request.error, limits)
+    if request.HasField("worker_id"):
+        check_id("worker_id", request.worker_id, limits)
+    if request.HasField("expected_mod_revision"):
+        check_revision("expected_mod_revision", request.expected_mod_revision)
+
+
+def validate_cancel_run(request: pb.CancelRunRequest, limits: Limits) -> None:
+    check_id("run_id", request.run_id, limits)
+    check_enum("action", request.action, CANCEL_ACTION_FROM_PROTO, required=False)
+    if request.HasField("reason"):
+        check_text("reason", request.reason, limits)
+
+
+def validate_has_inflight(request: pb.HasInflightRequest, limits: Limits) -> None:
+    check_id("thread_id", request.thread_id, limits)
+
+
+def validate_delete_run(request: pb.DeleteRunRequest, limits: Limits) -> None:
+    check_id("run_id", request.run_id, limits)
+    if request.HasField("expected_mod_revision"):
+        check_revision("expected_mod_revision", request.expected_mod_revision)
+
+
+def validate_wait_run(request: pb.WaitRunRequest, limits: Limits) -> None:
+    check_id("run_id", request.run_id, limits)
+    if request.HasField("timeout") and check_duration("timeout", request.timeout) < timedelta(0):
+        raise InvalidArgument("timeout", "must not be negative")
+
+
+def validate_watch_runs(request: pb.WatchRunsRequest, limits: Limits) -> None:
+    if request.thread_id:
+        check_id("thread_id", request.thread_id, limits)
+    if len(request.run_ids) > limits.max_run_ids_filter:
+        raise InvalidArgument("run_ids", f"must have at most {limits.max_run_ids_filter} ids")
+    for run_id in request.run_ids:
+        check_id("run_ids", run_id, limits)
+    check_statuses("statuses", request.statuses)
+    check_revision("start_revision", request.start_revision)
+    if request.HasField("progress_interval"):
+        interval = check_duration("progress_interval", request.progress_interval)
+        # Zero means the server default; otherwise keep heartbeats sane.
+        if interval and not _MIN_PROGRESS_INTERVAL <= interval <= _MAX_PROGRESS_INTERVAL:
+            raise InvalidArgument("progress_interval", "must be zero or between 100 ms and 1 hour")

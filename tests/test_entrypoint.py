@@ -1,0 +1,424 @@
+"""The server entry point: settings, process lifecycle, health, reflection and drain.
+
+Process tests run the real `python -m runcontrol_server` on 127.0.0.1 port 0 and
+learn the port from the first stdout line. Drain tests run `RunControlServer`
+in-process so the draining window can be held open without racing a signal.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from runcontrol.v1 import run_control_pb2 as pb
+from runcontrol.v1 import run_control_pb2_grpc as pb_grpc
+from runcontrol_server.app import RUN_CONTROL_SERVICE, RunControlServer
+from runcontrol_server.config import OPTIONS, Settings, build_parser, parse_settings
+from runcontrol_server.domain.manager import RunManager
+from runcontrol_server.stores.memory import InMemoryRunStore
+
+STARTUP_TIMEOUT = 20.0  # a cold interpreter importing grpc can be slow on CI
+EXIT_TIMEOUT = 10.0
+CALL_TIMEOUT = 5.0
+LISTENING = re.compile(r"^listening on (127\.0\.0\.1:(\d+))$")
+
+
+# --- helpers -------------------------------------------------------------------------
+
+
+def _clean_env(**extra: str) -> dict[str, str]:
+    # The developer's own RUNCONTROL_* variables must not leak into the tests.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCONTROL_")}
+    env.update(extra)
+    return env
+
+
+@dataclass
+class ServerProcess:
+    proc: asyncio.subprocess.Process
+    address: str
+    # Draining both pipes keeps the child from blocking on a full pipe and lets
+    # asyncio close the transport once the child exits.
+    stdout_rest: asyncio.Task[bytes]
+    stderr: asyncio.Task[bytes]
+
+    async def stop(self, signum: signal.Signals) -> int:
+        self.proc.send_signal(signum)
+        return await asyncio.wait_for(self.proc.wait(), EXIT_TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def server_process(
+    *args: str, env: Mapping[str, str] | None = None
+) -> AsyncIterator[ServerProcess]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runcontrol_server",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=dict(env) if env is not None else _clean_env(),
+    )
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    stderr = asyncio.ensure_future(proc.stderr.read())
+    stdout_rest: asyncio.Task[bytes] | None = None
+    try:
+        try:
+            first = await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT)
+        except TimeoutError:
+            pytest.fail(f"no 'listening on' line within {STARTUP_TIMEOUT}s")
+        line = first.decode().rstrip("\n")
+        match = LISTENING.match(line)
+        if match is None:
+            await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
+            err = (await asyncio.wait_for(stderr, EXIT_TIMEOUT)).decode()
+            pytest.fail(f"first stdout line {line!r}, exit {proc.returncode}, stderr:\n{err}")
+        assert int(match.group(2)) != 0
+        stdout_rest = asyncio.ensure_future(proc.stdout.read())
+        yield ServerProcess(proc, match.group(1), stdout_rest, stderr)
+    finally:
+        if proc.returncode is None:
+            proc.kill()  # by this child's pid, never by name
+        await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
+        for task in (stderr, stdout_rest):
+            if task is not None:
+                await asyncio.wait_for(task, EXIT_TIMEOUT)
+
+
+async def _health(channel: grpc.aio.Channel, service: str) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    response = await stub.Check(
+        health_pb2.HealthCheckRequest(service=service), timeout=CALL_TIMEOUT
+    )
+    status: int = response.status
+    return status
+
+
+async def _reflected_services(channel: grpc.aio.Channel) -> set[str]:
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    call = stub.ServerReflectionInfo(
+        iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=CALL_TIMEOUT
+    )
+    names: set[str] = set()
+    async for response in call:
+        names.update(s.name for s in response.list_services_response.service)
+    return names
+
+
+def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(error)
+    assert status is not None, "no google.rpc.Status in the trailers"
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo in the status details")
+
+
+# --- the real process ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_process_serves_health_reflection_and_runs_then_exits_0_on_signal(
+    signum: signal.Signals,
+) -> None:
+    async with server_process("--listen", "127.0.0.1:0") as server:
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            serving = health_pb2.HealthCheckResponse.SERVING
+            assert await _health(channel, "") == serving
+            assert await _health(channel, RUN_CONTROL_SERVICE) == serving
+
+            services = await _reflected_services(channel)
+            assert {RUN_CONTROL_SERVICE, "grpc.health.v1.Health"} <= services
+
+            stub = pb_grpc.RunControlStub(channel)
+            created = await stub.CreateRun(
+                pb.CreateRunRequest(thread_id="thread-1"), timeout=CALL_TIMEOUT
+            )
+            got = await stub.GetRun(
+                pb.GetRunRequest(run_id=created.run.run_id), timeout=CALL_TIMEOUT
+            )
+            assert got.run == created.run
+
+        started = time.monotonic()
+        assert await server.stop(signum) == 0
+        # Nothing was in flight, so the grace period (5 s) must not be waited out.
+        assert time.monotonic() - started < 4.0
+        assert await server.stdout_rest == b"", "stdout carries only the listening line"
+
+
+async def test_process_takes_listen_from_environment() -> None:
+    env = _clean_env(RUNCONTROL_LISTEN="127.0.0.1:0")
+    async with server_process(env=env) as server:
+        # server_process already checked the line names 127.0.0.1 and a real port.
+        async with grpc.aio.insecure_channel(server.address) as channel:
+            assert await _health(channel, "") == health_pb2.HealthCheckResponse.SERVING
+        assert await server.stop(signal.SIGTERM) == 0
+
+
+async def test_process_exits_1_when_the_port_is_taken() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "runcontrol_server",
+            "--listen",
+            f"127.0.0.1:{port}",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=_clean_env(),
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
+    assert proc.returncode == 1
+    assert out == b"", "nothing may claim to be listening"
+    assert f"cannot listen on 127.0.0.1:{port}".encode() in err
+    assert b"Traceback" not in err
+
+
+def test_help_lists_every_flag_with_its_env_var_and_default() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "runcontrol_server", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        env=_clean_env(),
+        check=False,
+    )
+    assert result.returncode == 0
+    # argparse wraps help text; compare with whitespace collapsed.
+    text = " ".join(result.stdout.split())
+    for option in OPTIONS:
+        assert option.flag in text
+        assert option.env in text
+    assert "default 127.0.0.1:50051" in text
+    assert "default 5.0" in text
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["--listen", "no-port"], {}, "argument --listen"),
+        (["--grace-period", "-1"], {}, "argument --grace-period"),
+        ([], {"RUNCONTROL_MAX_PAYLOAD_BYTES": "0"}, "RUNCONTROL_MAX_PAYLOAD_BYTES"),
+        ([], {"RUNCONTROL_LOG_LEVEL": "chatty"}, "RUNCONTROL_LOG_LEVEL"),
+    ],
+)
+def test_process_rejects_invalid_values_with_usage_and_exit_2(
+    args: list[str], env: dict[str, str], message: str
+) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "runcontrol_server", *args],
+        capture_output=True,
+        text=True,
+        timeout=STARTUP_TIMEOUT,
+        env=_clean_env(**env),
+        check=False,
+    )
+    assert result.returncode == 2
+    assert result.stderr.startswith("usage: ")
+    assert message in result.stderr
+    assert result.stdout == ""
+
+
+# --- settings resolution (in-process) -------------------------------------------------
+
+
+def test_defaults() -> None:
+    assert parse_settings([], {}) == Settings(
+        listen="127.0.0.1:50051",
+        grace_period=5.0,
+        max_payload_bytes=65536,
+        log_level="INFO",
+        page_token_key=None,
+        max_concurrent_rpcs=None,
+    )
+
+
+def test_flag_wins_over_env_and_env_over_default() -> None:
+    env = {"RUNCONTROL_LISTEN": "127.0.0.1:7001", "RUNCONTROL_GRACE_PERIOD": "2.5"}
+    settings = parse_settings(["--listen", "127.0.0.1:7002"], env)
+    assert settings.listen == "127.0.0.1:7002"
+    assert settings.grace_period == 2.5
+    assert settings.max_payload_bytes == 65536
+
+
+def test_every_setting_has_a_flag_and_an_env_var() -> None:
+    # One value per row that differs from the default, given once by flag, once by env.
+    values = {
+        "listen": "[::1]:0",
+        "grace_period": "0.5",
+        "max_payload_bytes": "1024",
+        "log_level": "debug",
+        "page_token_key": "0123456789abcdef-shared",
+        "max_concurrent_rpcs": "8",
+    }
+    assert set(values) == {o.name for o in OPTIONS}
+    from_flags = parse_settings([a for o in OPTIONS for a in (o.flag, values[o.name])], {})
+    from_env = parse_settings([], {o.env: values[o.name] for o in OPTIONS})
+    assert from_flags == from_env
+    assert from_env == Settings("[::1]:0", 0.5, 1024, "DEBUG", "0123456789abcdef-shared", 8)
+
+
+def test_empty_env_var_counts_as_unset() -> None:
+    assert parse_settings([], {"RUNCONTROL_LISTEN": ""}).listen == "127.0.0.1:50051"
+
+
+def test_secret_is_not_echoed_or_logged(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings([], {"RUNCONTROL_PAGE_TOKEN_KEY": "hunter2"})
+    assert exited.value.code == 2
+    assert "hunter2" not in capsys.readouterr().err
+    settings = parse_settings([], {"RUNCONTROL_PAGE_TOKEN_KEY": "x" * 32})
+    assert "x" * 32 not in repr(settings)
+
+
+def test_help_text_is_built_from_the_table() -> None:
+    text = " ".join(build_parser().format_help().split())
+    assert "default random per process" in text
+    assert "default unlimited" in text
+
+
+# --- drain and grace (in-process) -----------------------------------------------------
+
+
+class GatedStore:
+    """An in-memory store whose `get_run` waits on a gate: a call that stays in flight.
+
+    Only the timing changes; every answer still comes from the real store.
+    """
+
+    def __init__(self) -> None:
+        self.inner = InMemoryRunStore()
+        self.entered = asyncio.Event()
+        self.gate = asyncio.Event()
+        self.closed = False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def get_run(self, run_id: str) -> Any:
+        self.entered.set()
+        await self.gate.wait()
+        return await self.inner.get_run(run_id)
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.inner.close()
+
+
+@contextlib.asynccontextmanager
+async def in_process_server(
+    store: Any = None, grace: float = 5.0
+) -> AsyncIterator[tuple[RunControlServer, grpc.aio.Channel]]:
+    settings = Settings(listen="127.0.0.1:0", grace_period=grace)
+    manager = RunManager(store if store is not None else InMemoryRunStore())
+    server = RunControlServer(settings, manager=manager)
+    address = await server.start()
+    assert re.fullmatch(r"127\.0\.0\.1:\d+", address)
+    assert not address.endswith(":0")
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            yield server, channel
+    finally:
+        await asyncio.wait_for(server.stop(0), EXIT_TIMEOUT)
+
+
+async def test_draining_reports_not_serving_and_refuses_new_calls_with_shutting_down() -> None:
+    async with in_process_server() as (server, channel):
+        stub = pb_grpc.RunControlStub(channel)
+        created = await stub.CreateRun(pb.CreateRunRequest(thread_id="t"), timeout=CALL_TIMEOUT)
+        revision = created.run.mod_revision
+
+        await server.begin_drain()
+        assert server.draining
+
+        not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+        assert await _health(channel, "") == not_serving
+        assert await _health(channel, RUN_CONTROL_SERVICE) == not_serving
+        # Reflection keeps answering: it is metadata, not work.
+        assert RUN_CONTROL_SERVICE in await _reflected_services(channel)
+
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.GetRun(pb.GetRunRequest(run_id=created.run.run_id), timeout=CALL_TIMEOUT)
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
+        info = _error_info(refused.value)
+        assert (info.domain, info.reason) == ("runcontrol", "SHUTTING_DOWN")
+        assert info.metadata["revision"] == str(revision)
+
+        # Streaming methods are refused the same way, not left hanging.
+        watch = stub.WatchRuns(pb.WatchRunsRequest(), timeout=CALL_TIMEOUT)
+        with pytest.raises(grpc.aio.AioRpcError) as refused_stream:
+            async for _ in watch:
+                pass
+        assert refused_stream.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert _error_info(refused_stream.value).reason == "SHUTTING_DOWN"
+
+
+async def test_in_flight_call_finishes_within_the_grace_period() -> None:
+    store = GatedStore()
+    async with in_process_server(store) as (server, channel):
+        stub = pb_grpc.RunControlStub(channel)
+        created = await stub.CreateRun(pb.CreateRunRequest(thread_id="t"), timeout=CALL_TIMEOUT)
+        in_flight = asyncio.ensure_future(
+            stub.GetRun(pb.GetRunRequest(run_id=created.run.run_id), timeout=CALL_TIMEOUT)
+        )
+        await asyncio.wait_for(store.entered.wait(), CALL_TIMEOUT)
+
+        stopping = asyncio.ensure_future(server.stop(grace=5.0))
+        await asyncio.sleep(0.2)
+        assert server.draining
+        assert not stopping.done(), "stop must wait for the in-flight call"
+
+        store.gate.set()
+        response = await asyncio.wait_for(in_flight, CALL_TIMEOUT)
+        assert response.run.run_id == created.run.run_id
+        await asyncio.wait_for(stopping, EXIT_TIMEOUT)
+        assert store.closed, "the store is closed once the server has stopped"
+
+
+async def test_grace_period_bounds_a_call_that_never_finishes() -> None:
+    store = GatedStore()
+    async with in_process_server(store) as (server, channel):
+        stub = pb_grpc.RunControlStub(channel)
+        created = await stub.CreateRun(pb.CreateRunRequest(thread_id="t"), timeout=CALL_TIMEOUT)
+        stuck = asyncio.ensure_future(
+            stub.GetRun(pb.GetRunRequest(run_id=created.run.run_id), timeout=CALL_TIMEOUT)
+        )
+        await asyncio.wait_for(store.entered.wait(), CALL_TIMEOUT)
+
+        started = time.monotonic()
+        await asyncio.wait_for(server.stop(grace=0.3), EXIT_TIMEOUT)
+        assert time.monotonic() - started < 3.0
+        with pytest.raises(grpc.aio.AioRpcError):
+            await asyncio.wait_for(stuck, CALL_TIMEOUT)
+        assert store.closed
