@@ -13,8 +13,10 @@ to handle (anything else is a bug or an outage).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import datetime
 from typing import Protocol
 
+from .history import ChangeHistory
 from .model import (
     CancelAction,
     CancelOutcome,
@@ -73,6 +75,44 @@ class RunStore(Protocol):
         """Kept change sets with a revision >= `revision`, in order.
 
         Raises: RevisionCompacted when changes at `revision` are no longer kept.
+        """
+        ...
+
+    @property
+    def history(self) -> ChangeHistory:
+        """Every change set this store commits, in revision order, as this process sees it."""
+        ...
+
+    def now(self) -> datetime:
+        """The store's clock (UTC, never going backwards): deadlines and retention use it."""
+        ...
+
+    async def snapshot(
+        self, thread_id: str | None, run_ids: frozenset[str]
+    ) -> tuple[tuple[Run, ...], int]:
+        """Every run of `thread_id` (None: all) limited to `run_ids` (empty: no limit),
+        oldest first, and the revision they are all consistent with."""
+        ...
+
+    async def next_deadline(self) -> datetime | None:
+        """The earliest deadline of an active run, if any."""
+        ...
+
+    async def expire_due(self, now: datetime, limit: int) -> list[Run]:
+        """Move up to `limit` active runs whose deadline is <= `now` to TIMEOUT.
+
+        Each expiry is its own revision. Returns the expired runs.
+        """
+        ...
+
+    async def oldest_finished_at(self) -> datetime | None:
+        """When the longest-finished run still stored finished (its updated_at)."""
+        ...
+
+    async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
+        """Delete up to `limit` runs that finished at or before `finished_before`.
+
+        Each deletion is its own revision (a DELETED change). Returns the deleted runs.
         """
         ...
 

@@ -11,19 +11,21 @@ Indexes keep every per-thread question proportional to the thread, not the store
 from __future__ import annotations
 
 import bisect
+import heapq
 import itertools
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
 
 from ..domain.clock import MonotonicClock
 from ..domain.errors import (
     RequestIdReused,
-    RevisionCompacted,
     RevisionMismatch,
     RunActive,
     RunNotFound,
 )
+from ..domain.history import DEFAULT_MAX_AGE, ChangeHistory
 from ..domain.model import (
     CancelAction,
     CancelOutcome,
@@ -44,6 +46,7 @@ from ..domain.model import (
 )
 from ..domain.rules import (
     apply_cancel,
+    apply_timeout,
     apply_transition,
     check_transition,
     interrupt_reason,
@@ -102,18 +105,34 @@ class InMemoryRunStore:
     """`RunStore` held in this process's memory. Lost on restart; not shared by replicas."""
 
     def __init__(
-        self, *, clock: MonotonicClock | None = None, history_limit: int = DEFAULT_HISTORY_LIMIT
+        self,
+        *,
+        clock: MonotonicClock | None = None,
+        history_limit: int = DEFAULT_HISTORY_LIMIT,
+        history_max_age: timedelta | None = DEFAULT_MAX_AGE,
     ) -> None:
-        if history_limit < 1:
-            raise ValueError("history_limit must be at least 1")
         self._clock = clock or MonotonicClock()
+        self._history = ChangeHistory(
+            max_changes=history_limit, max_age=history_max_age, now=self._clock.now
+        )
         self._runs: dict[str, Run] = {}
         self._order = _CreationOrder()
         self._threads: dict[str, _Thread] = {}
         self._requests: dict[str, tuple[str, CreateOutcome]] = {}
         self._revision = 0
-        self._history: deque[ChangeSet] = deque(maxlen=history_limit)
-        self._compact_revision = 0  # every revision <= this one has left the history
+        # Deadlines of active runs, earliest first; entries of runs that finished are
+        # skipped lazily when they reach the top.
+        self._deadlines: list[tuple[datetime, int, str]] = []
+        # Finished runs in the order they finished (the monotonic clock makes that
+        # updated_at order), for retention.
+        self._finished: deque[tuple[datetime, str]] = deque()
+
+    @property
+    def history(self) -> ChangeHistory:
+        return self._history
+
+    def now(self) -> datetime:
+        return self._clock.now()
 
     # -- reads -------------------------------------------------------------------------
 
@@ -146,11 +165,69 @@ class InMemoryRunStore:
         return self._revision
 
     async def changes_since(self, revision: int) -> Sequence[ChangeSet]:
-        if revision <= self._compact_revision:
-            raise RevisionCompacted(revision, self._compact_revision)
-        # Revisions are contiguous, one change set each, so the offset is arithmetic.
-        start = revision - self._compact_revision - 1
-        return list(itertools.islice(self._history, start, None))
+        return self._history.since(revision)
+
+    async def snapshot(
+        self, thread_id: str | None, run_ids: frozenset[str]
+    ) -> tuple[tuple[Run, ...], int]:
+        # One synchronous step: the runs and the revision are consistent.
+        candidates: Iterable[Run]
+        if run_ids:
+            candidates = (self._runs[r] for r in run_ids if r in self._runs)
+        elif thread_id is not None:
+            thread = self._threads.get(thread_id)
+            candidates = (
+                () if thread is None else map(self._runs.__getitem__, thread.runs.newest_first())
+            )
+        else:
+            candidates = map(self._runs.__getitem__, self._order.newest_first())
+        runs = tuple(run for run in candidates if thread_id is None or run.thread_id == thread_id)
+        return tuple(sorted(runs, key=lambda run: run.create_revision)), self._revision
+
+    async def next_deadline(self) -> datetime | None:
+        while self._deadlines:
+            deadline, _, run_id = self._deadlines[0]
+            run = self._runs.get(run_id)
+            if run is not None and run.is_active and run.deadline == deadline:
+                return deadline
+            heapq.heappop(self._deadlines)
+        return None
+
+    async def expire_due(self, now: datetime, limit: int) -> list[Run]:
+        expired: list[Run] = []
+        while self._deadlines and len(expired) < limit and self._deadlines[0][0] <= now:
+            _, _, run_id = heapq.heappop(self._deadlines)
+            run = self._runs.get(run_id)
+            if run is None or not run.is_active or run.deadline is None or run.deadline > now:
+                continue
+            revision = self._revision + 1
+            timed_out = apply_timeout(run, self._clock.now(), revision)
+            self._replace(timed_out)
+            self._commit(revision, [Change(ChangeKind.UPDATED, timed_out, run.status)])
+            expired.append(timed_out)
+        return expired
+
+    async def oldest_finished_at(self) -> datetime | None:
+        while self._finished:
+            finished_at, run_id = self._finished[0]
+            run = self._runs.get(run_id)
+            if run is not None and run.updated_at == finished_at:
+                return finished_at
+            self._finished.popleft()
+        return None
+
+    async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
+        purged: list[Run] = []
+        while self._finished and len(purged) < limit and self._finished[0][0] <= finished_before:
+            finished_at, run_id = self._finished.popleft()
+            run = self._runs.get(run_id)
+            if run is None or run.updated_at != finished_at or run.is_active:
+                continue
+            revision = self._revision + 1
+            self._remove(run)
+            self._commit(revision, [Change(ChangeKind.DELETED, run, run.status)])
+            purged.append(run)
+        return purged
 
     # -- writes ------------------------------------------------------------------------
 
@@ -247,11 +324,16 @@ class InMemoryRunStore:
         thread.runs.add(run.create_revision, run.run_id)
         if run.is_active:
             thread.active[run.run_id] = None
+        if run.deadline is not None:
+            heapq.heappush(self._deadlines, (run.deadline, run.create_revision, run.run_id))
 
     def _replace(self, run: Run) -> None:
         self._runs[run.run_id] = run
-        if not run.is_active:
-            self._threads[run.thread_id].active.pop(run.run_id, None)
+        active = self._threads[run.thread_id].active
+        if not run.is_active and run.run_id in active:
+            del active[run.run_id]
+            # It just finished: its retention period starts now.
+            self._finished.append((run.updated_at, run.run_id))
 
     def _remove(self, run: Run) -> None:
         del self._runs[run.run_id]
@@ -268,10 +350,8 @@ class InMemoryRunStore:
                 del self._requests[run.request_id]
 
     def _commit(self, revision: int, changes: list[Change]) -> None:
-        if len(self._history) == self._history.maxlen:
-            self._compact_revision = self._history[0].revision
-        self._history.append(ChangeSet(revision, tuple(changes)))
         self._revision = revision
+        self._history.append(ChangeSet(revision, tuple(changes)))
 
     # -- introspection for tests and metrics -------------------------------------------
 
@@ -282,4 +362,6 @@ class InMemoryRunStore:
             "threads": len(self._threads),
             "requests": len(self._requests),
             "history": len(self._history),
+            "deadlines": len(self._deadlines),
+            "finished": len(self._finished),
         }

@@ -1,0 +1,124 @@
+"""The change history: a bounded, in-order log of change sets with one wake-up per write.
+
+Writers append and never wait. Readers (watchers, waiters, the janitor) each keep their
+own cursor and ask for what follows it; when they are caught up they await `changed()`,
+one future shared by every reader and resolved once per append, so a write costs the
+same whether one reader or ten thousand are waiting, and a reader that never reads costs
+the writers nothing. History is bounded by count and by age; a cursor that falls off its
+start gets `RevisionCompacted`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections import deque
+from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
+
+from .errors import RevisionCompacted
+from .model import ChangeSet
+
+DEFAULT_MAX_CHANGES = 10_000
+DEFAULT_MAX_AGE = timedelta(minutes=10)
+
+
+class ChangeHistory:
+    def __init__(
+        self,
+        *,
+        max_changes: int = DEFAULT_MAX_CHANGES,
+        max_age: timedelta | None = DEFAULT_MAX_AGE,
+        now: Callable[[], datetime],
+    ) -> None:
+        if max_changes < 1:
+            raise ValueError("max_changes must be at least 1")
+        self._max_changes = max_changes
+        self._max_age = max_age
+        self._now = now
+        self._entries: deque[tuple[datetime, ChangeSet]] = deque()
+        self._compact_revision = 0  # every revision <= this one has left the history
+        self._head = 0
+        self._waiting: asyncio.Future[None] | None = None
+        self._listeners: list[Callable[[ChangeSet], None]] = []
+
+    @property
+    def head_revision(self) -> int:
+        """The newest revision appended (0 before the first)."""
+        return self._head
+
+    @property
+    def compact_revision(self) -> int:
+        """The newest revision no longer kept; readers may start at `compact_revision + 1`."""
+        return self._compact_revision
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def append(self, change_set: ChangeSet) -> None:
+        """Record the next revision and wake every waiting reader (once, together)."""
+        if change_set.revision != self._head + 1:
+            raise ValueError(
+                f"history expects revision {self._head + 1}, got {change_set.revision}"
+            )
+        now = self._now()
+        self._entries.append((now, change_set))
+        self._head = change_set.revision
+        while len(self._entries) > self._max_changes:
+            self._drop_oldest()
+        self.prune(now)
+        for listener in self._listeners:
+            listener(change_set)
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
+
+    def add_listener(self, listener: Callable[[ChangeSet], None]) -> None:
+        """Call `listener` synchronously with every appended change set.
+
+        For in-process bookkeeping that must see every change at once (waking the
+        waiters of a run that finished, rescheduling the janitor). It runs inside the
+        writer's atomic step: it must be quick and must not raise.
+        """
+        self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[ChangeSet], None]) -> None:
+        self._listeners.remove(listener)
+
+    def reset(self, revision: int) -> None:
+        """Start empty at `revision` (a store that already has changes, e.g. PostgreSQL)."""
+        self._entries.clear()
+        self._head = self._compact_revision = revision
+
+    def prune(self, now: datetime | None = None) -> None:
+        """Drop change sets older than the age bound."""
+        if self._max_age is None:
+            return
+        cutoff = (now or self._now()) - self._max_age
+        while self._entries and self._entries[0][0] < cutoff:
+            self._drop_oldest()
+
+    def since(self, revision: int, limit: int | None = None) -> Sequence[ChangeSet]:
+        """Kept change sets from `revision` on (at most `limit`), in revision order.
+
+        Raises RevisionCompacted when `revision` is no longer kept.
+        """
+        if revision <= self._compact_revision:
+            raise RevisionCompacted(revision, self._compact_revision)
+        # Revisions are contiguous, one change set each, so the offset is arithmetic.
+        start = revision - self._compact_revision - 1
+        stop = None if limit is None else start + limit
+        return [entry[1] for entry in itertools.islice(self._entries, start, stop)]
+
+    def changed(self) -> asyncio.Future[None]:
+        """A future resolved at the next append, shared by all readers.
+
+        Await it with `asyncio.wait` (never cancel it directly): it belongs to everyone.
+        """
+        if self._waiting is None:
+            self._waiting = asyncio.get_running_loop().create_future()
+        return self._waiting
+
+    def _drop_oldest(self) -> None:
+        _, dropped = self._entries.popleft()
+        self._compact_revision = dropped.revision
