@@ -1,8 +1,60 @@
-"""Client side of runcontrol: generated v1 stubs, typed errors and a testing helper.
+"""Python client for the runcontrol service.
 
-* `runcontrol.v1` — generated protobuf messages and gRPC stubs (`run_control_pb2`, ...).
-* `runcontrol.errors` — `RunControlError` and `from_grpc_error` (ErrorInfo decoding).
+* `AsyncClient` / `Client` — the RunControl API with typed values and errors.
+* `AsyncRunHandle` / `RunHandle` — one run: refresh, wait, cancel, claim, watch.
+* `runcontrol.errors` — `RunControlError` and one class per ErrorInfo reason.
+* `runcontrol.v1` — the generated protobuf messages and gRPC stubs.
 * `runcontrol.testing` — `serve_in_process()`, a real in-process server for tests.
 """
 
-__all__: list[str] = []
+from ._client import AsyncClient, Client
+from ._handle import AsyncRunHandle, RunHandle
+from ._models import CancelAction, DisconnectMode, EventType, MultitaskStrategy, Run, RunStatus
+from ._requests import Creation, Inflight, RunPage
+from ._watch import Bookmark, Resynced, WatchEvent, WatchItem
+from .errors import (
+    AlreadyClaimed,
+    InvalidArgument,
+    InvalidTransition,
+    LimitExceeded,
+    RequestIdReused,
+    RevisionCompacted,
+    RevisionMismatch,
+    RunActive,
+    RunControlError,
+    RunNotFound,
+    ShuttingDown,
+    ThreadBusy,
+)
+
+__all__ = [
+    "AlreadyClaimed",
+    "AsyncClient",
+    "AsyncRunHandle",
+    "Bookmark",
+    "CancelAction",
+    "Client",
+    "Creation",
+    "DisconnectMode",
+    "EventType",
+    "Inflight",
+    "InvalidArgument",
+    "InvalidTransition",
+    "LimitExceeded",
+    "MultitaskStrategy",
+    "RequestIdReused",
+    "Resynced",
+    "RevisionCompacted",
+    "RevisionMismatch",
+    "Run",
+    "RunActive",
+    "RunControlError",
+    "RunHandle",
+    "RunNotFound",
+    "RunPage",
+    "RunStatus",
+    "ShuttingDown",
+    "ThreadBusy",
+    "WatchEvent",
+    "WatchItem",
+]

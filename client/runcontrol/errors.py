@@ -1,14 +1,19 @@
-"""Typed errors for RunControl clients.
+"""Typed errors for RunControl clients, rebuilt from `google.rpc.ErrorInfo`.
 
 The service answers every failure with a `google.rpc.Status` whose details hold a
-`google.rpc.ErrorInfo` (domain "runcontrol"). `from_grpc_error` decodes it, so
-callers branch on `reason` and read facts from `metadata` instead of parsing text.
+`google.rpc.ErrorInfo` (domain "runcontrol"). `from_grpc_error` decodes it and picks
+the class registered for its `reason` in ONE table (`_BY_REASON`, filled by
+`__init_subclass__` as in python-api-core), so callers can write
+`except ThreadBusy as busy: busy.inflight_run_ids` instead of parsing text. Reasons
+are the key, not status codes: THREAD_BUSY and INVALID_TRANSITION share
+FAILED_PRECONDITION yet are different situations.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, ClassVar
 
 import grpc
 from google.rpc import error_details_pb2, status_pb2
@@ -17,13 +22,23 @@ ERROR_DOMAIN = "runcontrol"
 # Trailer that carries the serialized google.rpc.Status (gRPC convention).
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
 
+_BY_REASON: dict[str, type[RunControlError]] = {}
+
 
 class RunControlError(Exception):
     """A RunControl call failed.
 
     `reason` is the ErrorInfo reason (e.g. "THREAD_BUSY"), or "" when the server sent
-    no ErrorInfo (transport failures, INTERNAL, UNIMPLEMENTED).
+    no ErrorInfo (transport failures, INTERNAL, UNIMPLEMENTED). `metadata` holds the
+    ErrorInfo metadata as sent.
     """
+
+    reason_key: ClassVar[str] = ""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.reason_key:
+            _BY_REASON[cls.reason_key] = cls
 
     def __init__(
         self,
@@ -38,6 +53,112 @@ class RunControlError(Exception):
         self.message = message
         self.reason = reason
         self.metadata: dict[str, str] = dict(metadata or {})
+
+    def _int(self, key: str) -> int | None:
+        value = self.metadata.get(key)
+        return int(value) if value is not None and value.lstrip("-").isdigit() else None
+
+    def _ids(self, key: str) -> tuple[str, ...]:
+        value = self.metadata.get(key, "")
+        return tuple(part for part in value.split(",") if part)
+
+
+class InvalidArgument(RunControlError):
+    reason_key = "INVALID_ARGUMENT"
+
+    @property
+    def field(self) -> str | None:
+        return self.metadata.get("field")
+
+
+class RunNotFound(RunControlError):
+    reason_key = "RUN_NOT_FOUND"
+
+    @property
+    def run_id(self) -> str | None:
+        return self.metadata.get("run_id")
+
+
+class ThreadBusy(RunControlError):
+    reason_key = "THREAD_BUSY"
+
+    @property
+    def thread_id(self) -> str | None:
+        return self.metadata.get("thread_id")
+
+    @property
+    def inflight_run_ids(self) -> tuple[str, ...]:
+        return self._ids("inflight_run_ids")
+
+
+class InvalidTransition(RunControlError):
+    reason_key = "INVALID_TRANSITION"
+
+    @property
+    def from_status(self) -> str | None:
+        return self.metadata.get("from_status")
+
+    @property
+    def to_status(self) -> str | None:
+        return self.metadata.get("to_status")
+
+    @property
+    def queued_behind(self) -> tuple[str, ...]:
+        """For a claim refused by ENQUEUE ordering: the runs still ahead of this one."""
+        return self._ids("queued_behind")
+
+
+class AlreadyClaimed(RunControlError):
+    reason_key = "ALREADY_CLAIMED"
+
+    @property
+    def worker_id(self) -> str | None:
+        return self.metadata.get("worker_id")
+
+
+class RunActive(RunControlError):
+    reason_key = "RUN_ACTIVE"
+
+
+class RequestIdReused(RunControlError):
+    reason_key = "REQUEST_ID_REUSED"
+
+    @property
+    def request_id(self) -> str | None:
+        return self.metadata.get("request_id")
+
+
+class RevisionMismatch(RunControlError):
+    reason_key = "REVISION_MISMATCH"
+
+    @property
+    def mod_revision(self) -> int | None:
+        return self._int("mod_revision")
+
+
+class RevisionCompacted(RunControlError):
+    reason_key = "REVISION_COMPACTED"
+
+    @property
+    def compact_revision(self) -> int | None:
+        return self._int("compact_revision")
+
+
+class LimitExceeded(RunControlError):
+    reason_key = "LIMIT_EXCEEDED"
+
+    @property
+    def limit(self) -> str | None:
+        return self.metadata.get("limit")
+
+
+class ShuttingDown(RunControlError):
+    reason_key = "SHUTTING_DOWN"
+
+    @property
+    def resume_revision(self) -> int | None:
+        """The `start_revision` to watch from after reconnecting elsewhere."""
+        return self._int("resume_revision")
 
 
 def _details_status(trailing: Iterable[Any] | None) -> status_pb2.Status | None:
@@ -62,7 +183,15 @@ def from_grpc_error(err: grpc.RpcError) -> RunControlError:
         for detail in status.details:
             info = error_details_pb2.ErrorInfo()
             if detail.Is(info.DESCRIPTOR) and detail.Unpack(info) and info.domain == ERROR_DOMAIN:
-                return RunControlError(
-                    code, message, reason=info.reason, metadata=dict(info.metadata)
-                )
+                cls = _BY_REASON.get(info.reason, RunControlError)
+                return cls(code, message, reason=info.reason, metadata=dict(info.metadata))
     return RunControlError(code, message)
+
+
+@contextmanager
+def translated_errors() -> Iterator[None]:
+    """Re-raise gRPC failures as typed `RunControlError`s (one seam, as httpx does)."""
+    try:
+        yield
+    except grpc.RpcError as rpc_error:
+        raise from_grpc_error(rpc_error) from rpc_error
