@@ -34,12 +34,17 @@ $(BUF):
 serve: $(STAMP) ## start the server on $(LISTEN) with the in-memory store
 	$(VENV)/bin/runcontrol-server --listen $(LISTEN)
 
-test: lint typecheck proto-check pytest ## every check and every test (what CI runs)
+test: lint typecheck proto-check pytest node-test ## every check and every test (what CI runs)
 
 pytest: $(STAMP) ## the test suite only, with coverage
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='*/runcontrol_server/domain/*' --fail-under=95 > /dev/null || \
 		{ echo 'domain branch coverage is below 95%:'; $(PY) -m coverage report --include='*/runcontrol_server/domain/*'; exit 1; }
+
+.PHONY: node-test
+node-test: $(STAMP) ## the Node.js client tests (client/node) against the real server
+	cd client/node && npm ci --no-audit --no-fund --silent
+	cd client/node && RUNCONTROL_PYTHON=$(abspath $(PY)) npm test
 
 lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, import-linter layer contracts
 	$(VENV)/bin/ruff check .
@@ -58,6 +63,13 @@ proto: $(STAMP) ## regenerate client/runcontrol/v1 from protos/
 proto-check: proto ## fail when the committed generated code differs from `make proto`
 	@git diff --exit-code -- client/runcontrol/v1 || { echo 'generated code drifted: run make proto and commit'; exit 1; }
 	@test -z "$$(git status --porcelain -- client/runcontrol/v1)" || { echo 'untracked generated files:'; git status --porcelain -- client/runcontrol/v1; exit 1; }
+
+$(VENV)/.installed-bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+bench: $(VENV)/.installed-bench ## benchmarks vs baselines, report in BENCHMARKS.md (QUICK=1: < 1 min); not in test
+	$(PY) -m bench $(if $(QUICK),--quick,)
 
 clean: ## remove the virtualenv, tools and caches
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage

@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+
+# gRPC C-core logs routine events (GOAWAY on shutdown) at INFO to stderr; keep test
+# output for real failures. Must be set before grpc is imported.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 

@@ -281,12 +281,29 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         "log_level": "debug",
         "page_token_key": "0123456789abcdef-shared",
         "max_concurrent_rpcs": "8",
+        "retention": "0",
+        "max_watchers": "7",
+        "progress_interval": "0.25",
+        "history_size": "50",
+        "history_max_age": "0",
     }
     assert set(values) == {o.name for o in OPTIONS}
     from_flags = parse_settings([a for o in OPTIONS for a in (o.flag, values[o.name])], {})
     from_env = parse_settings([], {o.env: values[o.name] for o in OPTIONS})
     assert from_flags == from_env
-    assert from_env == Settings("[::1]:0", 0.5, 1024, "DEBUG", "0123456789abcdef-shared", 8)
+    assert from_env == Settings(
+        "[::1]:0",
+        0.5,
+        1024,
+        "DEBUG",
+        "0123456789abcdef-shared",
+        8,
+        retention=0.0,
+        max_watchers=7,
+        progress_interval=0.25,
+        history_size=50,
+        history_max_age=0.0,
+    )
 
 
 def test_empty_env_var_counts_as_unset() -> None:

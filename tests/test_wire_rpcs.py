@@ -367,11 +367,4 @@ async def test_list_runs_filters_and_reports_revision(stub: RunControlAsyncStub)
     assert list(none.runs) == []
 
 
-async def test_wait_and_watch_answer_unimplemented(stub: RunControlAsyncStub) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as waited:
-        await stub.WaitRun(pb.WaitRunRequest(run_id="r"))
-    assert waited.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    with pytest.raises(grpc.aio.AioRpcError) as watched:
-        async for _ in stub.WatchRuns(pb.WatchRunsRequest()):
-            pass
-    assert watched.value.code() == grpc.StatusCode.UNIMPLEMENTED
+# WaitRun: tests/test_wait.py; WatchRuns: tests/test_watch.py.

@@ -357,11 +357,13 @@ async def test_boundary_values_are_accepted(stub: RunControlAsyncStub) -> None:
         thread_id=longest,
         assistant_id="ü-agent ✓",  # printable non-ASCII is fine
         request_id=longest,
-        timeout=Duration(nanos=1000),
     )
     request.metadata.update({"v": "x" * 60_000})
     run = (await stub.CreateRun(request)).run
     assert run.thread_id == longest
+    # The shortest timeout (on its own run: deadlines are enforced, it times out at once).
+    short = await stub.CreateRun(pb.CreateRunRequest(thread_id="t", timeout=Duration(nanos=1000)))
+    assert short.run.deadline.ToNanoseconds() - short.run.created_at.ToNanoseconds() == 1000
     listed = await stub.ListRuns(pb.ListRunsRequest(page_size=1000, thread_id=longest))
     assert [r.run_id for r in listed.runs] == [run.run_id]
     response = await stub.SetRunStatus(
@@ -387,7 +389,7 @@ async def test_smaller_configured_limits_apply() -> None:
         await assert_invalid(server.stub, "ListRuns", pb.ListRunsRequest(page_size=11), "page_size")
 
 
-# WaitRun and WatchRuns are served by a later issue; their request checks exist already.
+# WaitRun and WatchRuns request checks (their wire behaviour: test_wait.py, test_watch.py).
 @pytest.mark.parametrize(
     ("request_", "field"),
     [
@@ -419,6 +421,7 @@ def test_wait_run_validation_accepts_zero_and_unset_timeouts() -> None:
         (pb.WatchRunsRequest(progress_interval=Duration(nanos=1_000_000)), "progress_interval"),
         (pb.WatchRunsRequest(progress_interval=Duration(seconds=3601)), "progress_interval"),
         (pb.WatchRunsRequest(progress_interval=Duration(seconds=-1)), "progress_interval"),
+        (pb.WatchRunsRequest(send_initial=True, start_revision=5), "send_initial"),
     ],
 )
 def test_watch_runs_validation(request_: Any, field: str) -> None:
@@ -433,7 +436,9 @@ def test_watch_runs_validation_accepts_a_full_valid_request() -> None:
         run_ids=[f"r{i}" for i in range(1000)],
         statuses=[run_pb2.RUN_STATUS_PENDING],
         start_revision=5,
-        send_initial=True,
         progress_interval=Duration(seconds=1),
     )
+    validation.validate_watch_runs(request, Limits())
+    request.start_revision = 0
+    request.send_initial = True  # with the initial set, its snapshot fixes the revision
     validation.validate_watch_runs(request, Limits())

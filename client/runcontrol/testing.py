@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import grpc
 
 from runcontrol.v1 import run_control_pb2_grpc
-from runcontrol_server.app import RunControlServer
+from runcontrol_server.app import RunControlServer, build_manager
 from runcontrol_server.config import Settings
 from runcontrol_server.domain import RunManager, RunStore
 from runcontrol_server.servicer import Limits
-from runcontrol_server.stores.memory import InMemoryRunStore
 
 
 @dataclass(frozen=True)
@@ -54,13 +53,14 @@ async def serve_in_process(
     """Serve RunControl on `127.0.0.1:<free port>` until the block exits.
 
     The same server `runcontrol-server` runs (health, reflection, draining included).
-    `manager` wins over `store`; by default a fresh in-memory store is used. `settings`
+    `manager` wins over `store`; otherwise a manager is built from `settings` (retention,
+    watch limits) over `store`, by default a fresh in-memory store. `settings`
     defaults to `Settings()` with `listen` forced to 127.0.0.1:0. On exit the channel
     is closed and the server stopped at once (no grace).
     """
-    if manager is None:
-        manager = RunManager(store if store is not None else InMemoryRunStore())
     settings = dataclasses.replace(settings or Settings(), listen="127.0.0.1:0")
+    if manager is None:
+        manager = build_manager(settings, store)
     server = RunControlServer(
         settings, manager=manager, limits=limits, page_token_key=page_token_key
     )

@@ -15,6 +15,7 @@ import logging
 import signal
 import sys
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from typing import Any, TypeVar
 
 import grpc
@@ -22,12 +23,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from runcontrol.v1 import run_control_pb2, run_control_pb2_grpc
+from runcontrol.v1 import run_control_pb2
 
-from .config import Settings, log_level_number, split_host_port
+from .config import Settings, log_level_number, retention_of, split_host_port
 from .domain.errors import ShuttingDown
 from .domain.manager import RunManager
-from .servicer import Limits, RunControlServicer
+from .domain.store import RunStore
+from .servicer import Limits, RunControlServicer, add_to_server
 from .servicer.errors import mapped_errors
 from .stores.memory import InMemoryRunStore
 
@@ -60,10 +62,21 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
-def build_manager(settings: Settings) -> RunManager:
-    """The manager over the configured store (only the in-memory store for now)."""
-    del settings  # store selection (e.g. PostgreSQL) will read it
-    return RunManager(InMemoryRunStore())
+def build_manager(settings: Settings, store: RunStore | None = None) -> RunManager:
+    """The manager over `store` (default: the configured in-memory store)."""
+    if store is None:
+        store = InMemoryRunStore(
+            history_limit=settings.history_size,
+            history_max_age=(
+                timedelta(seconds=settings.history_max_age) if settings.history_max_age else None
+            ),
+        )
+    return RunManager(
+        store,
+        retention=retention_of(settings),
+        max_watchers=settings.max_watchers,
+        progress_interval=settings.progress_interval,
+    )
 
 
 class _DrainInterceptor(grpc.aio.ServerInterceptor):
@@ -161,7 +174,8 @@ class RunControlServer:
                 ("grpc.max_receive_message_length", max_receive),
             ],
         )
-        run_control_pb2_grpc.add_RunControlServicer_to_server(self._servicer, self._server)
+        # Not the generated add_RunControlServicer_to_server: WatchRuns yields pre-encoded bytes.
+        add_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(
             (RUN_CONTROL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self._server
@@ -193,6 +207,7 @@ class RunControlServer:
             raise ListenError(f"cannot listen on {self._settings.listen}: {exc}") from exc
         for service in ("", RUN_CONTROL_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        await self._manager.start()  # the janitor: deadlines and retention
         await self._server.start()
         self._address = f"{host}:{port}"
         log.info("serving %s on %s", RUN_CONTROL_SERVICE, self._address)
@@ -205,6 +220,9 @@ class RunControlServer:
         self._drain.draining = True
         # Permanent: later `set` calls are ignored, so nothing flips it back to SERVING.
         await self._health.enter_graceful_shutdown()
+        # Streams and waits would otherwise hold the grace period open and then be
+        # cut off without a word: end them now, each told where to resume.
+        await self._manager.begin_shutdown()
         log.info("draining: new calls are refused with SHUTTING_DOWN")
 
     async def stop(self, grace: float | None = None) -> None:

@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 ENV_PREFIX = "RUNCONTROL_"
@@ -30,6 +31,15 @@ class Settings:
     # A secret: kept out of repr so it never reaches a log line.
     page_token_key: str | None = field(default=None, repr=False)
     max_concurrent_rpcs: int | None = None
+    # Seconds finished runs are kept before deletion; 0 keeps them forever.
+    retention: float = 300.0
+    # WatchRuns: open streams at once; default heartbeat period (seconds).
+    max_watchers: int = 10_000
+    progress_interval: float = 5.0
+    # Change history serving watch resumes and slow watchers: change sets kept, and
+    # their maximum age in seconds (0: bounded by count only).
+    history_size: int = 10_000
+    history_max_age: float = 600.0
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -70,6 +80,24 @@ def _positive_int(value: str) -> int:
         raise ValueError("must be an integer") from None
     if number <= 0:
         raise ValueError("must be an integer > 0")
+    return number
+
+
+# Longer would overflow date arithmetic somewhere; use 0 to keep runs forever.
+MAX_RETENTION_SECONDS = 10 * 366 * 24 * 3600
+
+
+def _retention(value: str) -> float:
+    seconds = _non_negative_float(value)
+    if seconds > MAX_RETENTION_SECONDS:
+        raise ValueError(f"must be at most {MAX_RETENTION_SECONDS} (10 years); 0 keeps forever")
+    return seconds
+
+
+def _positive_float(value: str) -> float:
+    number = _non_negative_float(value)
+    if number == 0:
+        raise ValueError("must be a finite number > 0")
     return number
 
 
@@ -141,6 +169,37 @@ OPTIONS: tuple[Option, ...] = (
         "N",
         "calls served at once; more are refused with RESOURCE_EXHAUSTED",
         default_text="unlimited",
+    ),
+    Option(
+        "retention",
+        _retention,
+        "SECONDS",
+        "how long finished runs are kept before they are deleted (watchers see DELETED, "
+        "their request_id is forgotten); 0 keeps them forever",
+    ),
+    Option(
+        "max_watchers",
+        _positive_int,
+        "N",
+        "WatchRuns streams open at once; more are refused with RESOURCE_EXHAUSTED",
+    ),
+    Option(
+        "progress_interval",
+        _positive_float,
+        "SECONDS",
+        "WatchRuns progress (bookmark) period for requests that do not set one",
+    ),
+    Option(
+        "history_size",
+        _positive_int,
+        "N",
+        "change sets kept for watch resumes and slow watchers; older ones are compacted",
+    ),
+    Option(
+        "history_max_age",
+        _non_negative_float,
+        "SECONDS",
+        "change sets older than this are compacted; 0 bounds history by count only",
     ),
 )
 
@@ -220,6 +279,11 @@ def parse_settings(
             except ValueError as exc:
                 parser.error(f"environment variable {option.env}: {option.describe(raw)}: {exc}")
     return Settings(**values)
+
+
+def retention_of(settings: Settings) -> timedelta | None:
+    """The retention as the manager takes it: None (0 seconds) keeps runs forever."""
+    return timedelta(seconds=settings.retention) if settings.retention else None
 
 
 def log_level_number(settings: Settings) -> int:

@@ -41,6 +41,7 @@ from .model import (
     TransitionOutcome,
 )
 from .store import RunStore
+from .watch import EventType, WatchBatch, Watcher, WatchEvent, WatchFilter, WatchHub, classify
 
 __all__ = [
     "ACTIVE_STATUSES",
@@ -53,6 +54,7 @@ __all__ = [
     "CreateOutcome",
     "DeleteOutcome",
     "DisconnectMode",
+    "EventType",
     "Inflight",
     "InvalidArgument",
     "InvalidTransition",
@@ -77,4 +79,10 @@ __all__ = [
     "StatusChange",
     "ThreadBusy",
     "TransitionOutcome",
+    "WatchBatch",
+    "WatchEvent",
+    "WatchFilter",
+    "WatchHub",
+    "Watcher",
+    "classify",
 ]

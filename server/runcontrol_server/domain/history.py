@@ -107,8 +107,16 @@ class ChangeHistory:
             raise RevisionCompacted(revision, self._compact_revision)
         # Revisions are contiguous, one change set each, so the offset is arithmetic.
         start = revision - self._compact_revision - 1
-        stop = None if limit is None else start + limit
-        return [entry[1] for entry in itertools.islice(self._entries, start, stop)]
+        size = len(self._entries)
+        stop = size if limit is None else min(size, start + limit)
+        if start >= stop:
+            return []
+        if start < size - stop:
+            return [entry[1] for entry in itertools.islice(self._entries, start, stop)]
+        # Caught-up readers ask for the newest entries: walk from the right end, so a
+        # read costs what it returns, not the length of the whole history.
+        tail = itertools.islice(reversed(self._entries), size - stop, size - start)
+        return [entry[1] for entry in reversed(list(tail))]
 
     def changed(self) -> asyncio.Future[None]:
         """A future resolved at the next append, shared by all readers.

@@ -7,11 +7,15 @@ so swapping the in-memory store for PostgreSQL changes nothing above this line.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
+from .errors import RunNotFound
+from .janitor import DEFAULT_PRUNE_INTERVAL, DEFAULT_RETENTION, Janitor
 from .model import (
     CancelAction,
     CancelOutcome,
@@ -31,6 +35,12 @@ from .model import (
 )
 from .rules import DEFAULT_CANCEL_REASON
 from .store import RunStore
+from .waiting import RunWaiters
+from .watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL, WatchHub
+
+log = logging.getLogger(__name__)
+
+DISCONNECT_CANCEL_REASON = "client disconnected while attached (WaitRun)"
 
 
 def _new_run_id() -> str:
@@ -38,13 +48,47 @@ def _new_run_id() -> str:
 
 
 class RunManager:
-    def __init__(self, store: RunStore, *, new_id: Callable[[], str] = _new_run_id) -> None:
+    def __init__(
+        self,
+        store: RunStore,
+        *,
+        new_id: Callable[[], str] = _new_run_id,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+        retention: timedelta | None = DEFAULT_RETENTION,
+        prune_interval: timedelta = DEFAULT_PRUNE_INTERVAL,
+    ) -> None:
+        """`retention`: how long finished runs are kept (None: forever). The janitor
+        enforcing it and every run deadline runs between `start()` and `close()`."""
         self._store = store
         self._new_id = new_id
+        # Watchers are cursors into the store's history; the hub bounds and ends them.
+        self.watch_hub = WatchHub(
+            store.history, max_watchers=max_watchers, progress_interval=progress_interval
+        )
+        # WaitRun: one shared future per waited-on run; the janitor: one task for all
+        # deadlines, retention and history age-pruning.
+        self._waiters = RunWaiters(store)
+        self._janitor = Janitor(store, retention=retention, prune_interval=prune_interval)
+        # Cancels for runs whose attached waiter went away: kept so they cannot be
+        # garbage-collected mid-flight and so `close` lets them finish.
+        self._detach_cancels: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> RunStore:
         return self._store
+
+    @property
+    def waiters(self) -> RunWaiters:
+        return self._waiters
+
+    @property
+    def janitor(self) -> Janitor:
+        return self._janitor
+
+    async def start(self) -> None:
+        """Start the background janitor (deadlines, retention). Idempotent."""
+        self._janitor.start()
 
     async def create_run(
         self,
@@ -111,5 +155,62 @@ class RunManager:
     async def revision(self) -> int:
         return await self._store.revision()
 
+    # The timeout is part of the answer (done=false), not an error.
+    async def wait_run(
+        self,
+        run_id: str,
+        *,
+        timeout: float | None = None,  # noqa: ASYNC109
+        attach: bool = False,
+    ) -> tuple[Run, bool]:
+        """Wait until the run is terminal or `timeout` seconds pass (None: no limit).
+
+        Returns the run and whether it is terminal. With `attach`, a caller that goes
+        away (this call is cancelled) before the end cancels the run if its
+        on_disconnect is CANCEL; never when the wait ends because of shutdown.
+        Raises: RunNotFound, ShuttingDown.
+        """
+        try:
+            return await self._waiters.wait(run_id, timeout)
+        except asyncio.CancelledError:
+            if attach and not self._waiters.shutting_down:
+                # A cancelled task must not await: the cancel runs as its own task.
+                task = asyncio.get_running_loop().create_task(self._cancel_detached(run_id))
+                self._detach_cancels.add(task)
+                task.add_done_callback(self._detach_cancels.discard)
+            raise
+
+    async def _cancel_detached(self, run_id: str) -> None:
+        try:
+            run = await self._store.get_run(run_id)
+            if run.is_active and run.on_disconnect is DisconnectMode.CANCEL:
+                # Atomic: a run that finished meanwhile is left as it is.
+                await self._store.cancel_run(
+                    run_id, CancelAction.INTERRUPT, DISCONNECT_CANCEL_REASON
+                )
+        except RunNotFound:
+            pass
+        except Exception:
+            log.exception("cancelling run %s after its attached waiter left failed", run_id)
+
+    async def wait_detach_cancels(self) -> None:
+        """Wait until the cancels triggered by departed attached waiters have run."""
+        if self._detach_cancels:
+            await asyncio.gather(*self._detach_cancels, return_exceptions=True)
+
+    async def begin_shutdown(self) -> None:
+        """End every open watch and wait with ShuttingDown. Idempotent.
+
+        Each watch reports the last revision it delivered, so its client resumes
+        exactly; waits report the store revision. Attached runs are not cancelled.
+        """
+        self.watch_hub.shutdown()
+        if not self._waiters.shutting_down:
+            self._waiters.shutdown(await self._store.revision())
+
     async def close(self) -> None:
+        """End pending watches and waits, stop the janitor, close the store. Idempotent."""
+        await self.begin_shutdown()
+        await self._janitor.stop()
+        await self.wait_detach_cancels()
         await self._store.close()

@@ -2,5 +2,6 @@
 
 from .limits import Limits
 from .service import RunControlServicer
+from .watch import add_to_server
 
-__all__ = ["Limits", "RunControlServicer"]
+__all__ = ["Limits", "RunControlServicer", "add_to_server"]

@@ -7,6 +7,7 @@ failure is answered from the one error table.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 import grpc
@@ -28,6 +29,8 @@ from .convert import (
 from .errors import mapped_errors
 from .limits import Limits
 from .page_token import PageTokenCodec, filter_digest
+from .wait import wait_run
+from .watch import EventEncoder, watch_runs
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -49,6 +52,8 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
         self._manager = manager
         self._limits = limits
         self._tokens = PageTokenCodec(page_token_key)
+        # One per servicer: every WatchRuns stream shares the encoded events.
+        self._events = EventEncoder()
 
     @property
     def manager(self) -> RunManager:
@@ -171,11 +176,16 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
             return response
 
     async def WaitRun(self, request: pb.WaitRunRequest, context: _Context) -> pb.WaitRunResponse:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WaitRun is not implemented yet")
+        async with mapped_errors(context):
+            return await wait_run(self._manager, request, self._limits)
 
-    async def WatchRuns(
+    # Yields serialized WatchRunsResponse bytes (encode once, see `watch`), so it must be
+    # registered with `watch.add_to_server`, which passes them through.
+    async def WatchRuns(  # type: ignore[override]
         self, request: pb.WatchRunsRequest, context: _Context
-    ) -> AsyncIterator[pb.WatchRunsResponse]:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "WatchRuns is not implemented yet")
-        # Unreachable, but makes this an async generator, as a server stream must be.
-        yield pb.WatchRunsResponse()  # pragma: no cover
+    ) -> AsyncIterator[bytes]:
+        # aclosing: closing this generator closes the stream's, freeing its watcher at once.
+        stream = watch_runs(request, context, self._manager, self._limits, self._events)
+        async with aclosing(stream):
+            async for message in stream:
+                yield message

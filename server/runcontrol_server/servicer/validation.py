@@ -158,8 +158,11 @@ def validate_delete_run(request: pb.DeleteRunRequest, limits: Limits) -> None:
 
 def validate_wait_run(request: pb.WaitRunRequest, limits: Limits) -> None:
     check_id("run_id", request.run_id, limits)
-    if request.HasField("timeout") and check_duration("timeout", request.timeout) < timedelta(0):
-        raise InvalidArgument("timeout", "must not be negative")
+    if request.HasField("timeout"):
+        check_duration("timeout", request.timeout)
+        # On the raw fields: -1 ns would round to a zero timedelta ("wait forever").
+        if request.timeout.seconds < 0 or request.timeout.nanos < 0:
+            raise InvalidArgument("timeout", "must not be negative")
 
 
 def validate_watch_runs(request: pb.WatchRunsRequest, limits: Limits) -> None:
@@ -171,6 +174,9 @@ def validate_watch_runs(request: pb.WatchRunsRequest, limits: Limits) -> None:
         check_id("run_ids", run_id, limits)
     check_statuses("statuses", request.statuses)
     check_revision("start_revision", request.start_revision)
+    # The initial set fixes its own revision (the snapshot's); a resume needs none.
+    if request.send_initial and request.start_revision:
+        raise InvalidArgument("send_initial", "cannot be combined with a non-zero start_revision")
     if request.HasField("progress_interval"):
         interval = check_duration("progress_interval", request.progress_interval)
         # Zero means the server default; otherwise keep heartbeats sane.

@@ -1,0 +1,200 @@
+"""Shared helpers: subprocess servers bound to 127.0.0.1, RSS, statistics, machine facts."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LOCALHOST = "127.0.0.1"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """Nearest-rank percentile (`fraction` in 0..1); 0.0 for no values."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[index]
+
+
+def median(values: Sequence[float]) -> float:
+    return statistics.median(values) if values else 0.0
+
+
+def rss_kib(pid: int) -> int:
+    """Resident set size of a process in KiB (Linux /proc)."""
+    with open(f"/proc/{pid}/status", encoding="ascii") as status:
+        for line in status:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _subprocess_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # The repo root on the path so `python -m bench.*` works from any directory.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def _readline(proc: subprocess.Popen[str], timeout: float) -> str:
+    """One line of the child's stdout, waiting at most `timeout` seconds."""
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    if not ready:
+        raise TimeoutError(f"pid {proc.pid}: no output within {timeout:.0f}s")
+    line = proc.stdout.readline()
+    if not line:
+        raise RuntimeError(f"pid {proc.pid} exited (code {proc.poll()}) before answering")
+    return line
+
+
+def stop_process(proc: subprocess.Popen[str], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL after `grace` seconds; by pid only."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=grace)
+    for stream in (proc.stdin, proc.stdout):
+        if stream is not None:
+            with contextlib.suppress(OSError):
+                stream.close()
+
+
+class Server:
+    """A server subprocess that prints `listening on HOST:PORT` as its first line."""
+
+    def __init__(self, proc: subprocess.Popen[str], address: str) -> None:
+        self.proc = proc
+        self.address = address
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kib(self) -> int:
+        return rss_kib(self.proc.pid)
+
+
+@contextlib.contextmanager
+def server_process(args: Sequence[str], *, start_timeout: float = 30.0) -> Iterator[Server]:
+    """Start `python <args>`, learn its address, stop it (by pid) on exit."""
+    proc = subprocess.Popen(
+        [sys.executable, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        line = _readline(proc, start_timeout).strip()
+        prefix = "listening on "
+        if not line.startswith(prefix):
+            raise RuntimeError(f"unexpected first line from {args}: {line!r}")
+        address = line[len(prefix) :]
+        if not address.startswith(LOCALHOST + ":"):
+            raise RuntimeError(f"server is not on {LOCALHOST}: {address}")
+        yield Server(proc, address)
+    finally:
+        stop_process(proc)
+
+
+class Worker:
+    """A `python -m bench.load` subprocess answering one JSON line per JSON command."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def call(self, command: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        answer: dict[str, Any] = json.loads(_readline(self.proc, timeout))
+        if "error" in answer:
+            raise RuntimeError(f"load worker failed on {command.get('op')}: {answer['error']}")
+        return answer
+
+
+@contextlib.contextmanager
+def worker_process(module: str = "bench.load") -> Iterator[Worker]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        yield Worker(proc)
+    finally:
+        stop_process(proc)
+
+
+def run_json_module(module: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    """Run `python -m module args` to completion; its last stdout line is JSON."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", module, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=_subprocess_env(),
+        cwd=REPO_ROOT,
+    )
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    finally:
+        stop_process(proc)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{module} exited with {proc.returncode}")
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _cpu_model() -> str:
+    with contextlib.suppress(OSError), open("/proc/cpuinfo", encoding="utf-8") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    import google.protobuf
+    import grpc
+    from google.protobuf.internal import api_implementation
+
+    return {
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "grpcio": grpc.__version__,
+        "protobuf": google.protobuf.__version__,
+        "protobuf_backend": api_implementation.Type(),
+        "loadavg_at_start": list(os.getloadavg()),
+    }
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())

@@ -1,0 +1,109 @@
+"""The wire baseline: a bare grpc.aio server of the same process model as runcontrol.
+
+`python -m bench.echo_server --listen 127.0.0.1:0 --sizes '{"CreateRun": 420, ...}'`
+prints `listening on HOST:PORT`, then serves `/bench.Echo/<Method>`:
+
+- every unary method answers a pre-built payload of the size given for it in
+  `--sizes` (the size of runcontrol's real answer, measured by the driver), whatever
+  the request; no protobuf work at all (identity serializers);
+- `WatchRuns` (server streaming) registers an `asyncio.Queue`, sends a small "ready"
+  message, then streams whatever is published; `Publish` (unary) puts one payload of
+  size `sizes["WatchEvent"]` into every registered queue: a bare asyncio fan-out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+SERVICE = "bench.Echo"
+# What a real WatchRuns stream sends first here (end_of_initial_set at revision 1).
+READY = b"\x08\x01\x18\x01"
+_QUEUE_LIMIT = 100_000  # per stream; a bench never publishes more
+
+
+def _payload(size: int) -> bytes:
+    return b"x" * size
+
+
+class EchoService:
+    def __init__(self, sizes: dict[str, int]) -> None:
+        self._payloads = {name: _payload(size) for name, size in sizes.items()}
+        self._event = self._payloads.get("WatchEvent", _payload(1))
+        self._publish_answer = self._payloads.get("Publish", b"")
+        self._queues: set[asyncio.Queue[bytes]] = set()
+
+    def unary(self, name: str) -> Any:
+        answer = self._payloads.get(name, b"")
+
+        async def handler(request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+            return answer
+
+        return handler
+
+    async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
+        event = self._event
+        for queue in self._queues:
+            queue.put_nowait(event)
+        return self._publish_answer
+
+    async def watch(
+        self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[bytes]:
+        queue: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE_LIMIT)
+        self._queues.add(queue)
+        try:
+            yield READY
+            while True:
+                yield await queue.get()
+        finally:
+            self._queues.discard(queue)
+
+    def handler(self) -> grpc.GenericRpcHandler:
+        methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
+            name: grpc.unary_unary_rpc_method_handler(self.unary(name))
+            for name in self._payloads
+            if name not in ("WatchEvent", "Publish")
+        }
+        methods["Publish"] = grpc.unary_unary_rpc_method_handler(self.publish)
+        methods["WatchRuns"] = grpc.unary_stream_rpc_method_handler(self.watch)
+        return grpc.method_handlers_generic_handler(SERVICE, methods)
+
+
+async def serve(listen: str, sizes: dict[str, int]) -> None:
+    if not listen.startswith("127.0.0.1:"):
+        raise SystemExit("the echo server only binds 127.0.0.1")
+    # The same options as runcontrol's server, so only the work differs.
+    server = grpc.aio.server(
+        options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
+    )
+    server.add_generic_rpc_handlers((EchoService(sizes).handler(),))
+    port = server.add_insecure_port(listen)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"listening on 127.0.0.1:{port}", flush=True)
+    await stop.wait()
+    await server.stop(0.5)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.echo_server")
+    parser.add_argument("--listen", default="127.0.0.1:0")
+    parser.add_argument("--sizes", default="{}", help="JSON: method name -> answer bytes")
+    args = parser.parse_args(argv)
+    sizes = {str(k): int(v) for k, v in json.loads(args.sizes).items()}
+    asyncio.run(serve(args.listen, sizes))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

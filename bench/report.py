@@ -1,0 +1,443 @@
+"""Turn the raw measurements into metrics (ratio, goal, pass/fail), a table, a chart
+and the results block of BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from .common import REPO_ROOT
+
+Metric = dict[str, Any]
+START_MARK = "<!-- bench:results:start -->"
+END_MARK = "<!-- bench:results:end -->"
+METHOD_LABEL = {"create": "CreateRun", "get": "GetRun", "list": "ListRuns(100)"}
+# QPS goals (subject / echo) by unary measurement.
+QPS_GOALS = {"create_c64": 0.80, "get_c64": 0.90, "list_c64": 0.30, "list_c1": 0.30}
+# c1 latency goals apply to the calls whose answer is one run; ListRuns(100) answers
+# 100 and has its own (throughput) goal, so its latency is reported for information.
+LATENCY_GOAL_METHODS = ("create", "get")
+P50_EXTRA_MS = 0.10
+P99_FACTOR = 1.5
+FANOUT_GOALS = {1000: 0.70}
+MANAGER_RATIO_GOAL = 20.0
+FLATNESS_GOAL = 0.8
+WATCH_RSS_GOAL_MB = 5.0
+
+
+def _metric(
+    metric_id: str,
+    label: str,
+    section: str,
+    *,
+    subject: float | None = None,
+    baseline: float | None = None,
+    unit: str = "",
+    value: float | None = None,
+    value_text: str | None = None,
+    goal_op: str | None = None,
+    goal: float | None = None,
+    goal_text: str = "-",
+    passed: bool | None = None,
+    note: str = "",
+    chart: tuple[float, float] | None = None,
+) -> Metric:
+    if passed is None and goal_op is not None and goal is not None and value is not None:
+        passed = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[goal_op]
+    if value_text is None:
+        value_text = "-" if value is None else f"{value:.2f}"
+    return {
+        "id": metric_id,
+        "label": label,
+        "section": section,
+        "subject": subject,
+        "baseline": baseline,
+        "unit": unit,
+        "value": value,
+        "value_text": value_text,
+        "goal_op": goal_op,
+        "goal": goal,
+        "goal_text": goal_text,
+        "passed": passed,
+        "note": note,
+        # (value, goal) on a ratio scale for the chart; None: not charted.
+        "chart": list(chart) if chart else None,
+    }
+
+
+def _unavailable(metric_id: str, label: str, section: str, why: str, goal_text: str) -> Metric:
+    return _metric(
+        metric_id, label, section, value_text="unavailable", goal_text=goal_text, note=why
+    )
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else 0.0
+
+
+def _unary_metrics(unary: dict[str, Any]) -> list[Metric]:
+    out: list[Metric] = []
+    for key, data in unary.items():
+        method, conc = key.split("_c")
+        subject, echo = data["subject"], data["echo"]
+        name = METHOD_LABEL[method]
+        ratio = _ratio(subject["qps"], echo["qps"])
+        goal = QPS_GOALS.get(key)
+        out.append(
+            _metric(
+                f"qps_{key}",
+                f"{name} QPS c{conc} / echo",
+                "unary",
+                subject=subject["qps"],
+                baseline=echo["qps"],
+                unit="calls/s",
+                value=ratio,
+                goal_op=">=" if goal else None,
+                goal=goal,
+                goal_text=f">= {goal:.2f}" if goal else "-",
+                chart=(ratio, goal) if goal else None,
+            )
+        )
+        if conc != "1":
+            continue
+        has_goal = method in LATENCY_GOAL_METHODS
+        diff = subject["p50_ms"] - echo["p50_ms"]
+        limit = echo["p50_ms"] + P50_EXTRA_MS
+        out.append(
+            _metric(
+                f"p50_{key}",
+                f"{name} p50 c1 - echo p50",
+                "unary",
+                subject=subject["p50_ms"],
+                baseline=echo["p50_ms"],
+                unit="ms",
+                value=diff,
+                value_text=f"{diff:+.3f} ms",
+                goal_op="<=" if has_goal else None,
+                goal=P50_EXTRA_MS if has_goal else None,
+                goal_text=f"<= +{P50_EXTRA_MS:.2f} ms" if has_goal else "-",
+                chart=(_ratio(subject["p50_ms"], echo["p50_ms"]), _ratio(limit, echo["p50_ms"]))
+                if has_goal
+                else None,
+            )
+        )
+        p99 = _ratio(subject["p99_ms"], echo["p99_ms"])
+        out.append(
+            _metric(
+                f"p99_{key}",
+                f"{name} p99 c1 / echo p99",
+                "unary",
+                subject=subject["p99_ms"],
+                baseline=echo["p99_ms"],
+                unit="ms",
+                value=p99,
+                goal_op="<=" if has_goal else None,
+                goal=P99_FACTOR if has_goal else None,
+                goal_text=f"<= {P99_FACTOR:.2f}" if has_goal else "-",
+                chart=(p99, P99_FACTOR) if has_goal else None,
+            )
+        )
+    return out
+
+
+def _fanout_metrics(fanout: dict[str, Any]) -> list[Metric]:
+    out: list[Metric] = []
+    for key, data in fanout.items():
+        watchers = int(key[1:])
+        goal = FANOUT_GOALS.get(watchers)
+        label = f"WatchRuns fan-out K={watchers} / bare"
+        goal_text = f">= {goal:.2f}" if goal else "-"
+        if "unavailable" in data:
+            why = data["unavailable"]
+            out.append(_unavailable(f"fanout_{key}", label, "fanout", why, goal_text))
+            continue
+        subject, bare = data["subject"], data["echo"]
+        ratio = _ratio(subject["rate"], bare["rate"])
+        incomplete = [s for s in ("subject", "echo") if not data[s]["complete"]]
+        out.append(
+            _metric(
+                f"fanout_{key}",
+                label,
+                "fanout",
+                subject=subject["rate"],
+                baseline=bare["rate"],
+                unit="deliveries/s",
+                value=ratio,
+                goal_op=">=" if goal else None,
+                goal=goal,
+                goal_text=goal_text,
+                note=f"incomplete deliveries: {', '.join(incomplete)}" if incomplete else "",
+                chart=(ratio, goal) if goal else None,
+            )
+        )
+    return out
+
+
+def _manager_metrics(manager: dict[str, Any]) -> list[Metric]:
+    out: list[Metric] = []
+    results = manager["results"]
+    largest = max(r["n"] for r in results)
+    for result in results:
+        n = result["n"]
+        ours, seed = result["manager"], result["seed_style"]
+        ratio = _ratio(ours["mix"], seed["mix"])
+        goal = MANAGER_RATIO_GOAL if n == largest else None
+        out.append(
+            _metric(
+                f"manager_mix_{n}",
+                f"manager / seed-style, {n:,} runs (mix)",
+                "manager",
+                subject=ours["mix"],
+                baseline=seed["mix"],
+                unit="ops/s",
+                value=ratio,
+                value_text=f"{ratio:.1f}x",
+                goal_op=">=" if goal else None,
+                goal=goal,
+                goal_text=f">= {goal:.0f}x" if goal else "-",
+                chart=(ratio, goal) if goal else None,
+            )
+        )
+    top = next(r for r in results if r["n"] == largest)
+    for op in ("create", "get", "inflight", "list"):
+        ratio = _ratio(top["manager"][op], top["seed_style"][op])
+        out.append(
+            _metric(
+                f"manager_{op}_{largest}",
+                f"  {op}, {largest:,} runs",
+                "manager",
+                subject=top["manager"][op],
+                baseline=top["seed_style"][op],
+                unit="ops/s",
+                value=ratio,
+                value_text=f"{ratio:.1f}x",
+            )
+        )
+    smallest = min(r["n"] for r in results)
+    if largest != smallest:
+        low = next(r for r in results if r["n"] == smallest)
+        for op in ("mix", "create", "get", "inflight", "list"):
+            flat = _ratio(top["manager"][op], low["manager"][op])
+            is_goal = op == "mix"
+            out.append(
+                _metric(
+                    f"flatness_{op}",
+                    f"manager flatness {largest // 1000}k/{smallest // 1000}k ({op})",
+                    "manager",
+                    subject=top["manager"][op],
+                    baseline=low["manager"][op],
+                    unit="ops/s",
+                    value=flat,
+                    goal_op=">=" if is_goal else None,
+                    goal=FLATNESS_GOAL if is_goal else None,
+                    goal_text=f">= {FLATNESS_GOAL:.2f}" if is_goal else "-",
+                    chart=(flat, FLATNESS_GOAL) if is_goal else None,
+                )
+            )
+    return out
+
+
+def _memory_metrics(raw: dict[str, Any]) -> list[Metric]:
+    out: list[Metric] = []
+    watch = raw.get("grpc", {}).get("watch_memory")
+    if watch is not None:
+        label = "RSS growth, watch open/cancel cycles"
+        goal_text = f"< {WATCH_RSS_GOAL_MB:.0f} MB"
+        if "unavailable" in watch:
+            out.append(_unavailable("rss_watch", label, "memory", watch["unavailable"], goal_text))
+        else:
+            growth = watch["subject"]["growth_mb"]
+            cycles = watch["cycles"]
+            out.append(
+                _metric(
+                    "rss_watch",
+                    f"{label} ({cycles:,})",
+                    "memory",
+                    subject=growth,
+                    baseline=watch["echo"]["growth_mb"],
+                    unit="MB",
+                    value=growth,
+                    value_text=f"{growth:.2f} MB",
+                    goal_op="<",
+                    goal=WATCH_RSS_GOAL_MB,
+                    goal_text=goal_text,
+                    note="" if cycles >= 10_000 else "goal is for 10,000 cycles",
+                    chart=(max(growth, 0.01), WATCH_RSS_GOAL_MB),
+                )
+            )
+    expire = raw.get("expire_memory")
+    if expire is not None:
+        growth = expire["growth_mb"]
+        sizes = expire["sizes_after"]
+        out.append(
+            _metric(
+                "rss_expire",
+                f"RSS growth, {expire['runs']:,} created-and-expired runs",
+                "memory",
+                subject=growth,
+                unit="MB",
+                value=growth,
+                value_text=f"{growth:.2f} MB",
+                note=f"after: runs={sizes['runs']} threads={sizes['threads']} "
+                f"history={sizes['history']}",
+            )
+        )
+    return out
+
+
+def build_metrics(raw: dict[str, Any]) -> list[Metric]:
+    metrics: list[Metric] = []
+    if "grpc" in raw:
+        metrics += _unary_metrics(raw["grpc"]["unary"])
+        metrics += _fanout_metrics(raw["grpc"]["fanout"])
+    if "manager" in raw:
+        metrics += _manager_metrics(raw["manager"])
+    metrics += _memory_metrics(raw)
+    return metrics
+
+
+def _num(value: float | None, unit: str) -> str:
+    if value is None:
+        return "-"
+    if unit == "ms":
+        return f"{value:.3f} ms"
+    if unit == "MB":
+        return f"{value:.2f} MB"
+    return f"{value:,.0f}"
+
+
+def _result(metric: Metric) -> str:
+    if metric["value_text"] == "unavailable":
+        return "unavailable"
+    return {True: "PASS", False: "FAIL", None: "info"}[metric["passed"]]
+
+
+def rows(metrics: list[Metric]) -> list[list[str]]:
+    return [
+        [
+            m["label"],
+            _num(m["subject"], m["unit"]),
+            _num(m["baseline"], m["unit"]),
+            m["value_text"],
+            m["goal_text"],
+            _result(m),
+            m["note"],
+        ]
+        for m in metrics
+    ]
+
+
+HEADER = ["measure", "runcontrol", "baseline", "ratio", "goal", "result", "note"]
+
+
+def table(metrics: list[Metric]) -> str:
+    body = rows(metrics)
+    widths = [max(len(r[i]) for r in [HEADER, *body]) for i in range(len(HEADER))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [HEADER, ["-" * w for w in widths], *body]
+    ]
+    goals = [m for m in metrics if m["passed"] is not None]
+    passed = sum(1 for m in goals if m["passed"])
+    lines.append(f"\n{passed}/{len(goals)} goals met")
+    return "\n".join(lines)
+
+
+def markdown_table(metrics: list[Metric]) -> str:
+    lines = ["| " + " | ".join(HEADER) + " |", "|" + "---|" * len(HEADER)]
+    for row in rows(metrics):
+        row[5] = {"PASS": "**pass**", "FAIL": "**FAIL**"}.get(row[5], row[5])
+        lines.append("| " + " | ".join(cell.replace("|", "/") for cell in row) + " |")
+    return "\n".join(lines)
+
+
+def chart(metrics: list[Metric], path: Path, *, title: str) -> bool:
+    """Horizontal bars of each goal's measured ratio with its goal marked (log scale)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    charted = [m for m in metrics if m["chart"] is not None]
+    if not charted:
+        return False
+    labels = [m["label"] + (" (MB)" if m["unit"] == "MB" else "") for m in charted]
+    values = [max(m["chart"][0], 0.01) for m in charted]
+    goals = [m["chart"][1] for m in charted]
+    colors = ["#2e7d32" if m["passed"] else "#c62828" for m in charted]
+    fig, ax = plt.subplots(figsize=(10, 0.45 * len(charted) + 1.6))
+    positions = list(range(len(charted)))[::-1]
+    ax.barh(positions, values, color=colors, height=0.6)
+    ax.scatter(goals, positions, marker="|", s=600, color="black", zorder=3)
+    for y, metric, value in zip(positions, charted, values, strict=True):
+        ax.annotate(
+            f" {metric['value_text']} (goal {metric['goal_text']})",
+            (value, y),
+            va="center",
+            fontsize=8,
+        )
+    ax.set_yticks(positions)
+    ax.set_yticklabels(labels, fontsize=8)
+    ax.set_xscale("log")
+    # Room on the right for the value labels.
+    ax.set_xlim(min([*values, *goals]) / 2, max([*values, *goals]) * 30)
+    ax.set_xlabel("measured / baseline (log scale); green = goal met, | = goal")
+    ax.set_title(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
+
+
+def _machine_lines(raw: dict[str, Any]) -> list[str]:
+    m = raw["machine"]
+    load = ", ".join(f"{x:.2f}" for x in m["loadavg_at_start"])
+    return [
+        f"- CPU: {m['cpu']}, {m['cores']} cores; {m['os']}",
+        f"- Python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']} "
+        f"(backend `{m['protobuf_backend']}`)",
+        f"- load average when the run started: {load} (other work on the machine adds noise)",
+    ]
+
+
+def results_block(raw: dict[str, Any], metrics: list[Metric], chart_path: Path | None) -> str:
+    plan = raw["plan"]
+    lines = [
+        START_MARK,
+        "## Latest results",
+        "",
+        f"Generated by `python -m bench{' --quick' if plan['mode'] == 'quick' else ''}` "
+        f"on {raw['date']} ({plan['mode']} run, {plan['rounds']} rounds after a warm-up, "
+        f"medians; {raw['elapsed_seconds']:.0f} s). Raw numbers: `bench/results/latest.json`.",
+        "",
+        *_machine_lines(raw),
+        "",
+        markdown_table(metrics),
+        "",
+    ]
+    if chart_path is not None:
+        rel = os.path.relpath(chart_path, REPO_ROOT)
+        lines += [f"![ratios against their goals]({rel})", ""]
+    lines.append(END_MARK)
+    return "\n".join(lines)
+
+
+DEFAULT_DOC = (
+    f"# Benchmarks\n\nRun `make bench` (or `make bench QUICK=1`).\n\n{START_MARK}\n{END_MARK}\n"
+)
+
+
+def write_markdown(
+    path: Path, raw: dict[str, Any], metrics: list[Metric], chart_path: Path | None
+) -> None:
+    """Replace the results block of `path` (between the markers); the rest is kept."""
+    text = path.read_text() if path.exists() else DEFAULT_DOC
+    if START_MARK not in text or END_MARK not in text:
+        text = text.rstrip("\n") + f"\n\n{START_MARK}\n{END_MARK}\n"
+    head, rest = text.split(START_MARK, 1)
+    _, tail = rest.split(END_MARK, 1)
+    path.write_text(head + results_block(raw, metrics, chart_path) + tail)

@@ -1,0 +1,309 @@
+"""The driver: `python -m bench [--quick]`.
+
+Starts runcontrol and the echo baseline as server subprocesses on 127.0.0.1, drives
+them from a separate load process (`bench.load`), runs the in-process manager and
+memory benchmarks in their own subprocesses, and hands everything to `report`.
+Baseline and subject rounds are interleaved (A/B, then B/A) after a warm-up; the
+median of the rounds is reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from . import report
+from .common import (
+    REPO_ROOT,
+    Server,
+    Worker,
+    machine_info,
+    median,
+    now_utc,
+    run_json_module,
+    server_process,
+    worker_process,
+)
+
+SERVICES = ("echo", "subject")
+METHODS = ("create", "get", "list")
+CONCURRENCY = (1, 64)
+FANOUT_WATCHERS = (100, 1000)
+
+
+@dataclass(frozen=True)
+class Plan:
+    mode: str
+    rounds: int
+    unary_seconds: float
+    unary_warmup_seconds: float
+    unary_max_calls: int
+    fanout_changes: dict[int, int]
+    fanout_timeout: float
+    watch_cycles: int
+    watch_warmup_cycles: int
+    manager_sizes: tuple[int, ...]
+    manager_max_ops: int
+    manager_max_seconds: float
+    expire_runs: int
+    expire_warmup: int
+
+
+QUICK = Plan(
+    mode="quick",
+    rounds=3,
+    unary_seconds=0.25,
+    unary_warmup_seconds=0.1,
+    unary_max_calls=50_000,
+    fanout_changes={100: 10, 1000: 4},
+    fanout_timeout=60.0,
+    watch_cycles=2_000,
+    watch_warmup_cycles=500,
+    manager_sizes=(1_000, 10_000, 100_000),
+    manager_max_ops=300,
+    manager_max_seconds=0.03,
+    expire_runs=20_000,
+    expire_warmup=10_000,
+)
+FULL = Plan(
+    mode="full",
+    rounds=5,
+    unary_seconds=2.0,
+    unary_warmup_seconds=0.5,
+    unary_max_calls=1_000_000,
+    fanout_changes={100: 100, 1000: 30},
+    fanout_timeout=180.0,
+    watch_cycles=10_000,
+    watch_warmup_cycles=1_000,
+    manager_sizes=(1_000, 10_000, 100_000),
+    manager_max_ops=2_000,
+    manager_max_seconds=0.25,
+    expire_runs=100_000,
+    expire_warmup=20_000,
+)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _order(round_index: int) -> tuple[str, ...]:
+    return SERVICES if round_index % 2 == 0 else SERVICES[::-1]
+
+
+def unary_section(
+    plan: Plan, worker: Worker, servers: dict[str, Server]
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for method in METHODS:
+        for concurrency in CONCURRENCY:
+            key = f"{method}_c{concurrency}"
+            log(f"unary {key}")
+            samples: dict[str, list[dict[str, Any]]] = {s: [] for s in SERVICES}
+            for round_index in range(plan.rounds + 1):  # round 0: warm-up, discarded
+                for service in _order(round_index):
+                    seconds = plan.unary_warmup_seconds if round_index == 0 else plan.unary_seconds
+                    result = worker.call(
+                        {
+                            "op": "unary",
+                            "target": servers[service].address,
+                            "service": service,
+                            "method": method,
+                            "concurrency": concurrency,
+                            "duration": seconds,
+                            "max_calls": plan.unary_max_calls,
+                        }
+                    )
+                    if result["errors"]:
+                        raise RuntimeError(f"{service} {key}: {result['first_error']}")
+                    if round_index:
+                        samples[service].append(result)
+            out[key] = {
+                service: {
+                    "qps": median([r["qps"] for r in rounds]),
+                    "p50_ms": median([r["p50_ms"] for r in rounds]),
+                    "p99_ms": median([r["p99_ms"] for r in rounds]),
+                    "rounds": rounds,
+                }
+                for service, rounds in samples.items()
+            }
+    return out
+
+
+def fanout_section(
+    plan: Plan, worker: Worker, servers: dict[str, Server], available: bool
+) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for watchers in FANOUT_WATCHERS:
+        key = f"k{watchers}"
+        if not available:
+            out[key] = {"unavailable": "WatchRuns answered UNIMPLEMENTED"}
+            continue
+        log(f"fan-out K={watchers}")
+        samples: dict[str, list[dict[str, Any]]] = {s: [] for s in SERVICES}
+        unavailable = None
+        for round_index in range(plan.rounds + 1):
+            for service in _order(round_index):
+                changes = plan.fanout_changes[watchers]
+                result = worker.call(
+                    {
+                        "op": "fanout",
+                        "target": servers[service].address,
+                        "service": service,
+                        "watchers": watchers,
+                        # The warm-up round is short: it only opens the paths.
+                        "changes": max(1, changes // 4) if round_index == 0 else changes,
+                        "budget": plan.fanout_timeout,
+                    },
+                    timeout=plan.fanout_timeout + 30,
+                )
+                if "unavailable" in result:
+                    unavailable = f"{service}: {result['unavailable']}"
+                    break
+                if round_index:
+                    samples[service].append(result)
+            if unavailable:
+                break
+        if unavailable:
+            out[key] = {"unavailable": unavailable}
+            continue
+        out[key] = {
+            service: {
+                "rate": median([r["rate"] for r in rounds]),
+                "complete": all(r["complete"] for r in rounds),
+                "rounds": rounds,
+            }
+            for service, rounds in samples.items()
+        }
+    return out
+
+
+def watch_memory_section(
+    plan: Plan, worker: Worker, servers: dict[str, Server], available: bool
+) -> dict[str, Any]:
+    if not available:
+        return {"unavailable": "WatchRuns answered UNIMPLEMENTED"}
+    out: dict[str, Any] = {"cycles": plan.watch_cycles}
+    for service in SERVICES:
+        log(f"watch open/cancel memory ({service})")
+        server = servers[service]
+
+        def cycles(count: int, target: str = server.address, name: str = service) -> None:
+            result = worker.call(
+                {
+                    "op": "watch_cycles",
+                    "target": target,
+                    "service": name,
+                    "cycles": count,
+                    "concurrency": 50,
+                    "budget": 240.0,
+                },
+                timeout=300.0,
+            )
+            if "unavailable" in result:
+                raise RuntimeError(result["unavailable"])
+            if result["failures"]:
+                raise RuntimeError(f"{name}: {result['failures']} watch cycles failed")
+
+        cycles(plan.watch_warmup_cycles)
+        time.sleep(0.5)  # let the server finish tearing streams down
+        before = server.rss_kib()
+        started = time.perf_counter()
+        cycles(plan.watch_cycles)
+        elapsed = time.perf_counter() - started
+        time.sleep(0.5)
+        after = server.rss_kib()
+        out[service] = {
+            "rss_before_kib": before,
+            "rss_after_kib": after,
+            "growth_mb": (after - before) / 1024,
+            "elapsed": elapsed,
+        }
+    return out
+
+
+def grpc_sections(plan: Plan) -> dict[str, Any]:
+    subject_args = ["-m", "runcontrol_server", "--listen", "127.0.0.1:0", "--log-level", "WARNING"]
+    with server_process(subject_args) as subject, worker_process() as worker:
+        log(f"runcontrol on {subject.address} (pid {subject.pid}); seeding")
+        seed = worker.call({"op": "seed", "target": subject.address})
+        echo_args = ["-m", "bench.echo_server", "--listen", "127.0.0.1:0"]
+        echo_args += ["--sizes", json.dumps(seed["sizes"])]
+        with server_process(echo_args) as echo:
+            log(f"echo on {echo.address} (pid {echo.pid}); sizes {seed['sizes']}")
+            servers = {"subject": subject, "echo": echo}
+            available = bool(seed["watch_available"])
+            return {
+                "seed": seed,
+                "unary": unary_section(plan, worker, servers),
+                "fanout": fanout_section(plan, worker, servers, available),
+                "watch_memory": watch_memory_section(plan, worker, servers, available),
+            }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="the < 1 minute run")
+    parser.add_argument(
+        "--only",
+        choices=("grpc", "manager", "memory"),
+        action="append",
+        help="run only these sections (repeatable); the report covers what ran",
+    )
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
+    parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
+    parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    args = parser.parse_args(argv)
+    plan = QUICK if args.quick else FULL
+    sections = set(args.only or ("grpc", "manager", "memory"))
+    started = time.perf_counter()
+    raw: dict[str, Any] = {"plan": asdict(plan), "machine": machine_info(), "date": now_utc()}
+
+    if "grpc" in sections:
+        raw["grpc"] = grpc_sections(plan)
+    if "manager" in sections:
+        log(f"manager scale {plan.manager_sizes}")
+        raw["manager"] = run_json_module(
+            "bench.manager_scale",
+            [
+                "--sizes",
+                ",".join(map(str, plan.manager_sizes)),
+                "--rounds",
+                str(plan.rounds),
+                "--max-ops",
+                str(plan.manager_max_ops),
+                "--max-seconds",
+                str(plan.manager_max_seconds),
+            ],
+            timeout=900.0,
+        )
+    if "memory" in sections:
+        log(f"memory: {plan.expire_runs} created-and-expired runs")
+        raw["expire_memory"] = run_json_module(
+            "bench.memory",
+            ["--runs", str(plan.expire_runs), "--warmup", str(plan.expire_warmup)],
+            timeout=600.0,
+        )
+    raw["elapsed_seconds"] = time.perf_counter() - started
+    metrics = report.build_metrics(raw)
+    print(report.table(metrics))
+    args.out.mkdir(parents=True, exist_ok=True)
+    json_path = args.out / "latest.json"
+    json_path.write_text(json.dumps({"metrics": metrics, "raw": raw}, indent=2) + "\n")
+    chart_path = args.out / "ratios.png"
+    chart_written = report.chart(metrics, chart_path, title=f"runcontrol bench ({plan.mode})")
+    if not args.no_markdown:
+        report.write_markdown(args.markdown, raw, metrics, chart_path if chart_written else None)
+    if not chart_written:
+        log("no chart: matplotlib is missing (pip install -e '.[bench]')")
+    written = [json_path, *([chart_path] if chart_written else [])]
+    written += [] if args.no_markdown else [args.markdown]
+    log(f"done in {raw['elapsed_seconds']:.0f}s: {', '.join(map(str, written))}")
+    missed = [m for m in metrics if m["passed"] is False]
+    return 1 if args.strict and missed else 0

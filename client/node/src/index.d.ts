@@ -1,0 +1,271 @@
+// Type declarations for @runcontrol/client (src/index.js). Message shapes follow
+// protos/runcontrol/v1/*.proto as loaded by @grpc/proto-loader with
+// { keepCase: true, longs: String, enums: String, defaults: true, oneofs: true }.
+import * as grpc from '@grpc/grpc-js';
+import type { Options as LoaderOptions } from '@grpc/proto-loader';
+
+export { grpc };
+
+/** int64 in a response: a decimal string, e.g. "42" (never loses precision). */
+export type Int64 = string;
+/** int64 in a request: string, number (must be a safe integer) or bigint. */
+export type Int64Like = string | number | bigint;
+
+export type RunStatus =
+  | 'RUN_STATUS_UNSPECIFIED'
+  | 'RUN_STATUS_PENDING'
+  | 'RUN_STATUS_RUNNING'
+  | 'RUN_STATUS_SUCCESS'
+  | 'RUN_STATUS_ERROR'
+  | 'RUN_STATUS_TIMEOUT'
+  | 'RUN_STATUS_INTERRUPTED';
+export type DisconnectMode = 'DISCONNECT_MODE_UNSPECIFIED' | 'DISCONNECT_MODE_CANCEL' | 'DISCONNECT_MODE_CONTINUE';
+export type MultitaskStrategy =
+  | 'MULTITASK_STRATEGY_UNSPECIFIED'
+  | 'MULTITASK_STRATEGY_REJECT'
+  | 'MULTITASK_STRATEGY_INTERRUPT'
+  | 'MULTITASK_STRATEGY_ROLLBACK'
+  | 'MULTITASK_STRATEGY_ENQUEUE';
+export type CancelAction = 'CANCEL_ACTION_UNSPECIFIED' | 'CANCEL_ACTION_INTERRUPT' | 'CANCEL_ACTION_ROLLBACK';
+export type EventType = 'EVENT_TYPE_UNSPECIFIED' | 'EVENT_TYPE_ADDED' | 'EVENT_TYPE_MODIFIED' | 'EVENT_TYPE_DELETED';
+
+/** Requests accept enum names or their numbers. */
+type EnumIn<T extends string> = T | number;
+
+/** google.protobuf.Timestamp as received. */
+export interface Timestamp {
+  seconds: Int64;
+  nanos: number;
+}
+/** google.protobuf.Duration; build one with durationFromMs(). */
+export interface Duration {
+  seconds: Int64Like;
+  nanos?: number;
+}
+/** google.protobuf.Value (well-known types keep camelCase names). */
+export interface Value {
+  kind?: 'nullValue' | 'numberValue' | 'stringValue' | 'boolValue' | 'structValue' | 'listValue';
+  nullValue?: 'NULL_VALUE' | number;
+  numberValue?: number;
+  stringValue?: string;
+  boolValue?: boolean;
+  structValue?: Struct;
+  listValue?: { values: Value[] };
+}
+/** google.protobuf.Struct; build one with toStruct(), read one with fromStruct(). */
+export interface Struct {
+  fields: Record<string, Value>;
+}
+
+export interface RunRecord {
+  run_id: string;
+  thread_id: string;
+  assistant_id?: string;
+  status: RunStatus;
+  on_disconnect: DisconnectMode;
+  multitask_strategy: MultitaskStrategy;
+  metadata: Struct | null;
+  kwargs: Struct | null;
+  created_at: Timestamp | null;
+  updated_at: Timestamp | null;
+  error?: string;
+  cancel_action: CancelAction;
+  cancel_reason?: string;
+  worker_id?: string;
+  deadline: Timestamp | null;
+  create_revision: Int64;
+  mod_revision: Int64;
+  request_id?: string;
+}
+
+export interface CreateRunRequest {
+  thread_id: string;
+  assistant_id?: string;
+  on_disconnect?: EnumIn<DisconnectMode>;
+  multitask_strategy?: EnumIn<MultitaskStrategy>;
+  metadata?: Struct;
+  kwargs?: Struct;
+  request_id?: string;
+  timeout?: Duration;
+}
+export interface CreateRunResponse {
+  run: RunRecord;
+  interrupted_runs: RunRecord[];
+  queued_behind_run_ids: string[];
+  replayed: boolean;
+}
+export interface GetRunRequest {
+  run_id: string;
+}
+export interface GetRunResponse {
+  run: RunRecord;
+}
+export interface ListRunsRequest {
+  thread_id?: string;
+  statuses?: EnumIn<RunStatus>[];
+  page_size?: number;
+  page_token?: string;
+}
+export interface ListRunsResponse {
+  runs: RunRecord[];
+  next_page_token: string;
+  revision: Int64;
+}
+export interface SetRunStatusRequest {
+  run_id: string;
+  status: EnumIn<RunStatus>;
+  error?: string;
+  worker_id?: string;
+  expected_mod_revision?: Int64Like;
+}
+export interface SetRunStatusResponse {
+  run: RunRecord;
+  changed: boolean;
+}
+export interface CancelRunRequest {
+  run_id: string;
+  action?: EnumIn<CancelAction>;
+  reason?: string;
+}
+export interface CancelRunResponse {
+  run: RunRecord;
+  cancelled: boolean;
+}
+export interface HasInflightRequest {
+  thread_id: string;
+}
+export interface HasInflightResponse {
+  has_inflight: boolean;
+  run_ids: string[];
+  revision: Int64;
+}
+export interface DeleteRunRequest {
+  run_id: string;
+  expected_mod_revision?: Int64Like;
+}
+export interface DeleteRunResponse {
+  run: RunRecord;
+  revision: Int64;
+}
+export interface WaitRunRequest {
+  run_id: string;
+  timeout?: Duration;
+  attach?: boolean;
+}
+export interface WaitRunResponse {
+  run: RunRecord;
+  done: boolean;
+}
+export interface WatchRunsRequest {
+  thread_id?: string;
+  run_ids?: string[];
+  statuses?: EnumIn<RunStatus>[];
+  start_revision?: Int64Like;
+  send_initial?: boolean;
+  progress_interval?: Duration;
+}
+export interface RunEvent {
+  type: EventType;
+  run: RunRecord;
+  prev_status: RunStatus;
+  revision: Int64;
+}
+export interface WatchRunsResponse {
+  revision: Int64;
+  events: RunEvent[];
+  end_of_initial_set: boolean;
+  progress_only: boolean;
+}
+
+export interface ClientOptions {
+  /** Default: grpc.credentials.createInsecure(). Use the `grpc` exported here to build others. */
+  credentials?: grpc.ChannelCredentials;
+  /** Default deadline of every unary call, in ms (none when unset). Not applied to watchRuns. */
+  deadlineMs?: number;
+  /** Passed to the grpc-js channel. */
+  channelOptions?: grpc.ChannelOptions;
+}
+
+export interface CallOptions {
+  /** Deadline of this call in ms; overrides the client default; Infinity or null = none. */
+  deadlineMs?: number | null;
+  /** Cancels the call; the promise / iterator then rejects with `signal.reason`. */
+  signal?: AbortSignal;
+  /** Request metadata (headers). */
+  metadata?: grpc.Metadata;
+}
+
+/** Decoded google.protobuf.Any. */
+export interface AnyMessage {
+  type_url: string;
+  value: Buffer;
+}
+/** Decoded google.rpc.ErrorInfo. */
+export interface ErrorInfo {
+  reason: string;
+  domain: string;
+  metadata: Record<string, string>;
+}
+/** Decoded google.rpc.Status, plus every ErrorInfo found in its details. */
+export interface RpcStatus {
+  code: number;
+  message: string;
+  details: AnyMessage[];
+  errorInfos: ErrorInfo[];
+}
+
+export class RunControlError extends Error {
+  name: 'RunControlError';
+  /** grpc status number, e.g. 9. */
+  code: number;
+  /** grpc status name, e.g. "FAILED_PRECONDITION". */
+  codeName: string;
+  /** The status message sent by the server. */
+  details: string;
+  /** ErrorInfo reason (domain "runcontrol"), e.g. "THREAD_BUSY"; "" when none was sent. */
+  reason: string;
+  /** ErrorInfo metadata, e.g. { thread_id: "t1", inflight_run_ids: "a,b" }. */
+  metadata: Record<string, string>;
+  /** The decoded grpc-status-details-bin trailer, or null when absent or malformed. */
+  status: RpcStatus | null;
+  /** The call's trailing metadata, when known. */
+  trailers: grpc.Metadata | null;
+  constructor(init: {
+    code: number;
+    details: string;
+    reason?: string;
+    metadata?: Record<string, string>;
+    status?: RpcStatus | null;
+    trailers?: grpc.Metadata | null;
+    cause?: unknown;
+  });
+  static fromGrpcError(err: unknown): RunControlError;
+}
+
+export class RunControlClient {
+  constructor(address: string, options?: ClientOptions);
+  waitForReady(deadlineMs?: number): Promise<void>;
+  createRun(request: CreateRunRequest, options?: CallOptions): Promise<CreateRunResponse>;
+  getRun(request: GetRunRequest, options?: CallOptions): Promise<GetRunResponse>;
+  listRuns(request?: ListRunsRequest, options?: CallOptions): Promise<ListRunsResponse>;
+  setRunStatus(request: SetRunStatusRequest, options?: CallOptions): Promise<SetRunStatusResponse>;
+  cancelRun(request: CancelRunRequest, options?: CallOptions): Promise<CancelRunResponse>;
+  hasInflight(request: HasInflightRequest, options?: CallOptions): Promise<HasInflightResponse>;
+  deleteRun(request: DeleteRunRequest, options?: CallOptions): Promise<DeleteRunResponse>;
+  waitRun(request: WaitRunRequest, options?: CallOptions): Promise<WaitRunResponse>;
+  /** Breaking out of the loop, return(), or aborting `signal` cancels the call. */
+  watchRuns(request?: WatchRunsRequest, options?: CallOptions): AsyncGenerator<WatchRunsResponse, void, undefined>;
+  close(): void;
+}
+
+export const ERROR_DOMAIN: 'runcontrol';
+export const STATUS_DETAILS_KEY: 'grpc-status-details-bin';
+/** Absolute path of the repository's protos/ directory. */
+export const PROTO_ROOT: string;
+export const LOADER_OPTIONS: Readonly<LoaderOptions>;
+/** Decode a serialized google.rpc.Status; null when malformed. */
+export function decodeStatus(bytes: Uint8Array): RpcStatus | null;
+export function toStruct(object: Record<string, unknown>): Struct;
+export function fromStruct(struct: Struct | null | undefined): Record<string, unknown>;
+export function timestampToDate(ts: Timestamp | null | undefined): Date | null;
+export function durationFromMs(ms: number): Duration;

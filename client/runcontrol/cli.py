@@ -1,0 +1,667 @@
+"""`runctl`: the RunControl command-line client, in the style of etcdctl and the temporal CLI.
+
+::
+
+    runctl create thread-1 --metadata '{"user": "ada"}'
+    runctl list --thread thread-1 -o json
+    runctl watch --thread thread-1
+
+Every command talks to one server (`--addr`, else `$RUNCONTROL_ADDR`, else
+127.0.0.1:50051) with a per-call deadline (`--timeout`), and prints a table or one
+JSON object per line (`-o json`). Formatting lives in `_cli_format` (pure functions);
+this module parses arguments, calls the server and maps outcomes to exit codes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import _cli_format as fmt
+from ._client import AsyncClient, Client
+from ._models import CancelAction, DisconnectMode, MultitaskStrategy, Run, RunStatus
+from ._requests import channel_options
+from ._watch import Resynced, WatchEvent
+from .errors import RunControlError, RunNotFound, translated_errors
+
+PROG = "runctl"
+ADDR_ENV = "RUNCONTROL_ADDR"
+DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_CALL_TIMEOUT = 10.0
+
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_NOT_FOUND = 3
+EXIT_WAIT_TIMEOUT = 4
+EXIT_INTERRUPTED = 130
+
+_STATUS_NAMES = [s.name.lower() for s in RunStatus]
+
+_MAIN_DESCRIPTION = """\
+Command-line client for the runcontrol service: create, inspect, cancel, wait for
+and watch runs, and move them through their statuses as a worker would."""
+
+_MAIN_EPILOG = f"""\
+Examples:
+  runctl create thread-1 --metadata '{{"user": "ada"}}'
+  runctl list --thread thread-1 --status pending running
+  runctl status RUN_ID running --worker-id w1
+  runctl wait RUN_ID --wait-timeout 60 && echo finished
+  runctl watch --thread thread-1 -o json
+  RUNCONTROL_ADDR=runcontrol:50051 runctl health
+
+Global options (--addr, --output/-o, --timeout) may also follow the command.
+
+Output:
+  table  aligned columns: RUN_ID THREAD STATUS WORKER CREATED UPDATED REV
+  json   one JSON object per run per line (watch: one per event); statuses as
+         lower-case names, timestamps ISO 8601 UTC
+
+Exit codes:
+  0    success
+  1    the server answered with an error ("error: REASON: message" on stderr),
+       or could not be reached; health: the server is not SERVING
+  2    usage error (bad flags or arguments)
+  3    run not found (RUN_NOT_FOUND)
+  4    wait: the wait timed out before the run finished
+  130  interrupted (Ctrl-C)
+
+Environment:
+  {ADDR_ENV}  server address used when --addr is not given (default {DEFAULT_ADDR})"""
+
+
+# --- argument types --------------------------------------------------------------------
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"must be a JSON object: {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0: {text!r}")
+    return value
+
+
+def _lower(text: str) -> str:
+    return text.lower()
+
+
+# --- parser -----------------------------------------------------------------------------
+
+
+def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
+    """The global options; on subcommands they default to SUPPRESS so they never
+    overwrite a value given before the command."""
+
+    def default(value: Any) -> Any:
+        return argparse.SUPPRESS if suppress else value
+
+    group = parser.add_argument_group("global options")
+    group.add_argument(
+        "--addr",
+        default=default(os.environ.get(ADDR_ENV) or DEFAULT_ADDR),
+        metavar="HOST:PORT",
+        help=f"server address (default: ${ADDR_ENV}, else {DEFAULT_ADDR})",
+    )
+    group.add_argument(
+        "-o",
+        "--output",
+        choices=("table", "json"),
+        type=_lower,
+        default=default("table"),
+        help="output format (default: table)",
+    )
+    group.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=default(DEFAULT_CALL_TIMEOUT),
+        metavar="SECONDS",
+        help=f"deadline of each call, 0 for none (default: {DEFAULT_CALL_TIMEOUT:g})",
+    )
+
+
+def _command(
+    commands: Any, name: str, help_text: str, examples: Sequence[str], description: str = ""
+) -> argparse.ArgumentParser:
+    epilog = "Examples:\n" + "\n".join(f"  {line}" for line in examples)
+    parser: argparse.ArgumentParser = commands.add_parser(
+        name,
+        help=help_text,
+        description=description or help_text,
+        epilog=epilog,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(parser, suppress=True)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=_MAIN_DESCRIPTION,
+        epilog=_MAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _add_globals(parser, suppress=False)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    create = _command(
+        commands,
+        "create",
+        "create a run on a thread",
+        [
+            "runctl create thread-1",
+            "runctl create thread-1 --strategy interrupt --assistant-id agent",
+            """runctl create thread-1 --metadata '{"user": "ada"}' --kwargs '{"n": 3}'""",
+            "runctl create thread-1 --request-id job-42 --run-timeout 300 -o json",
+        ],
+        "Create a PENDING run on THREAD_ID. --strategy decides what happens when the\n"
+        "thread already has an active run; --request-id makes a retried create safe.",
+    )
+    create.add_argument("thread_id", metavar="THREAD_ID")
+    create.add_argument("--assistant-id", metavar="ID")
+    create.add_argument(
+        "--strategy",
+        type=_lower,
+        choices=[m.name.lower() for m in MultitaskStrategy],
+        help="multitask strategy when the thread is busy (server default: reject)",
+    )
+    create.add_argument(
+        "--on-disconnect",
+        type=_lower,
+        choices=[m.name.lower() for m in DisconnectMode],
+        help="what an attached waiter going away does (server default: cancel)",
+    )
+    create.add_argument("--metadata", type=_json_object, metavar="JSON", help="a JSON object")
+    create.add_argument("--kwargs", type=_json_object, metavar="JSON", help="a JSON object")
+    create.add_argument("--request-id", metavar="ID", help="idempotency key (default: random)")
+    create.add_argument(
+        "--run-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="deadline after which an unfinished run becomes timeout",
+    )
+
+    get = _command(
+        commands, "get", "show one run", ["runctl get RUN_ID", "runctl get RUN_ID -o json"]
+    )
+    get.add_argument("run_id", metavar="RUN_ID")
+
+    listing = _command(
+        commands,
+        "list",
+        "list runs, newest first",
+        [
+            "runctl list",
+            "runctl list --thread thread-1",
+            "runctl list --status pending running --limit 20",
+            "runctl list -o json | jq -r .run_id",
+        ],
+    )
+    listing.add_argument("--thread", metavar="THREAD_ID", help="only runs of this thread")
+    listing.add_argument(
+        "--status",
+        nargs="+",
+        action="extend",
+        type=_lower,
+        choices=_STATUS_NAMES,
+        metavar="STATUS",
+        help=f"only runs in these statuses ({', '.join(_STATUS_NAMES)})",
+    )
+    listing.add_argument("--limit", type=_count, metavar="N", help="print at most N runs")
+    listing.add_argument(
+        "--page-size", type=_count, metavar="N", help="runs fetched per call (server default)"
+    )
+
+    cancel = _command(
+        commands,
+        "cancel",
+        "cancel a run",
+        [
+            "runctl cancel RUN_ID",
+            "runctl cancel RUN_ID --action rollback --reason 'user pressed stop'",
+        ],
+        "Cancel an active run. Cancelling a run that already finished is not an error:\n"
+        "the run is printed unchanged and a note goes to stderr.",
+    )
+    cancel.add_argument("run_id", metavar="RUN_ID")
+    cancel.add_argument(
+        "--action",
+        type=_lower,
+        choices=[m.name.lower() for m in CancelAction],
+        help="cancel action (server default: interrupt)",
+    )
+    cancel.add_argument("--reason", metavar="TEXT")
+
+    status = _command(
+        commands,
+        "status",
+        "move a run to a status (the worker transition)",
+        [
+            "runctl status RUN_ID running --worker-id w1",
+            "runctl status RUN_ID success --worker-id w1",
+            "runctl status RUN_ID error --error 'out of memory'",
+            "runctl status RUN_ID running --worker-id w2 --expected-mod-revision 7",
+        ],
+        "Move RUN_ID to STATUS as a worker does: claim it (running), then finish it\n"
+        "(success, error, timeout, interrupted). Repeating the transition that already\n"
+        f"happened is a no-op. STATUS is one of: {', '.join(_STATUS_NAMES)}.",
+    )
+    status.add_argument("run_id", metavar="RUN_ID")
+    status.add_argument("status", type=_lower, choices=_STATUS_NAMES, metavar="STATUS")
+    status.add_argument("--worker-id", metavar="ID")
+    status.add_argument("--error", metavar="TEXT", help="error message (for error)")
+    status.add_argument(
+        "--expected-mod-revision",
+        type=_count,
+        metavar="N",
+        help="only if the run is still at this mod revision (compare-and-set)",
+    )
+
+    delete = _command(
+        commands,
+        "delete",
+        "delete a finished run",
+        ["runctl delete RUN_ID"],
+        "Delete a finished run now (active runs are refused with RUN_ACTIVE).",
+    )
+    delete.add_argument("run_id", metavar="RUN_ID")
+
+    wait = _command(
+        commands,
+        "wait",
+        "wait until a run finishes",
+        [
+            "runctl wait RUN_ID",
+            "runctl wait RUN_ID --wait-timeout 60 || echo 'not finished (exit 4)'",
+            "runctl wait RUN_ID --attach   # Ctrl-C cancels the run (on-disconnect cancel)",
+        ],
+        "Block until RUN_ID is in a terminal status and print it. Exits 4 when\n"
+        "--wait-timeout passes first (the run is printed as it is then).",
+    )
+    wait.add_argument("run_id", metavar="RUN_ID")
+    wait.add_argument(
+        "--wait-timeout", type=_seconds, metavar="SECONDS", help="give up after this long"
+    )
+    wait.add_argument(
+        "--attach",
+        action="store_true",
+        help="going away before the end cancels the run if its on-disconnect is cancel",
+    )
+
+    watch = _command(
+        commands,
+        "watch",
+        "stream changes to runs until Ctrl-C",
+        [
+            "runctl watch",
+            "runctl watch --thread thread-1 --send-initial",
+            "runctl watch --status running --start-revision 42 -o json",
+            "runctl watch --run-id RUN_ID --max-events 1",
+        ],
+        "Print every change to matching runs as it happens (table: one row per event;\n"
+        'json: {"type", "revision", "prev_status", "run"} per line). Reconnects on its\n'
+        "own after a server restart; stop it with Ctrl-C or --max-events.",
+    )
+    watch.add_argument("--thread", metavar="THREAD_ID", help="only runs of this thread")
+    watch.add_argument(
+        "--run-id", nargs="+", action="extend", metavar="RUN_ID", help="only these runs"
+    )
+    watch.add_argument(
+        "--status",
+        nargs="+",
+        action="extend",
+        type=_lower,
+        choices=_STATUS_NAMES,
+        metavar="STATUS",
+        help="only runs in these statuses",
+    )
+    watch.add_argument(
+        "--start-revision",
+        type=_count,
+        default=0,
+        metavar="N",
+        help="replay history from revision N (default: from now)",
+    )
+    watch.add_argument(
+        "--send-initial",
+        action="store_true",
+        help="first print the current matching runs as added events",
+    )
+    watch.add_argument(
+        "--max-events", type=_count, metavar="N", help="stop after N events (0: never)"
+    )
+
+    health = _command(
+        commands,
+        "health",
+        "check whether the server is serving",
+        ["runctl health", "runctl health --addr 10.0.0.5:50051 -o json"],
+        "Ask the standard gRPC health service. Exits 0 when SERVING, 1 otherwise.",
+    )
+    health.add_argument(
+        "--service", default="", metavar="NAME", help="one service (default: the whole server)"
+    )
+    return parser
+
+
+# --- running commands --------------------------------------------------------------------
+
+
+class _Failure(Exception):
+    """A command outcome that ends with a message on stderr and an exit code."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class _Context:
+    args: argparse.Namespace
+    now: Callable[[], datetime]
+
+    @property
+    def output(self) -> str:
+        value: str = self.args.output
+        return value
+
+    @property
+    def call_timeout(self) -> float | None:
+        value: float = self.args.timeout
+        return value or None
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _note(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _print_runs(ctx: _Context, runs: Sequence[Run]) -> None:
+    if ctx.output == "json":
+        for run in runs:
+            _out(fmt.run_json(run))
+    else:
+        for line in fmt.runs_table(runs, ctx.now()):
+            _out(line)
+
+
+def _client(ctx: _Context) -> Client:
+    return Client(ctx.args.addr, timeout=ctx.call_timeout)
+
+
+def _cmd_create(ctx: _Context) -> int:
+    a = ctx.args
+    with _client(ctx) as client:
+        handle = client.create_run(
+            a.thread_id,
+            assistant_id=a.assistant_id,
+            on_disconnect=DisconnectMode[a.on_disconnect.upper()] if a.on_disconnect else None,
+            multitask_strategy=MultitaskStrategy[a.strategy.upper()] if a.strategy else None,
+            metadata=a.metadata,
+            kwargs=a.kwargs,
+            request_id=a.request_id,
+            run_timeout=a.run_timeout,
+        )
+    _print_runs(ctx, [handle.run])
+    creation = handle.creation
+    if creation is not None:
+        if creation.replayed:
+            _note("note: replayed: this request_id already created the run")
+        if creation.interrupted_runs:
+            ids = ", ".join(r.run_id for r in creation.interrupted_runs)
+            _note(f"note: interrupted: {ids}")
+        if creation.queued_behind_run_ids:
+            _note(f"note: queued behind: {', '.join(creation.queued_behind_run_ids)}")
+    return EXIT_OK
+
+
+def _cmd_get(ctx: _Context) -> int:
+    with _client(ctx) as client:
+        run = client.fetch_run(ctx.args.run_id)
+    _print_runs(ctx, [run])
+    return EXIT_OK
+
+
+def _statuses(names: Iterable[str] | None) -> list[RunStatus]:
+    return [RunStatus[name.upper()] for name in names or ()]
+
+
+def _cmd_list(ctx: _Context) -> int:
+    a = ctx.args
+    limit: int | None = a.limit
+    page_size: int | None = a.page_size
+    if page_size is None and limit:
+        page_size = min(limit, 1000)
+    runs: list[Run] = []
+    if limit != 0:
+        with _client(ctx) as client:
+            for run in client.list_runs(
+                thread_id=a.thread, statuses=_statuses(a.status), page_size=page_size or 0
+            ):
+                runs.append(run)
+                if limit is not None and len(runs) >= limit:
+                    break
+    if runs or ctx.output == "table":
+        _print_runs(ctx, runs)
+    if not runs and ctx.output == "table":
+        _note("no runs found")
+    return EXIT_OK
+
+
+def _cmd_cancel(ctx: _Context) -> int:
+    a = ctx.args
+    with _client(ctx) as client:
+        run, cancelled = client.cancel_run(
+            a.run_id,
+            action=CancelAction[a.action.upper()] if a.action else None,
+            reason=a.reason,
+        )
+    _print_runs(ctx, [run])
+    if not cancelled:
+        _note(f"note: not cancelled by this call: the run is {run.status.name.lower()}")
+    return EXIT_OK
+
+
+def _cmd_status(ctx: _Context) -> int:
+    a = ctx.args
+    with _client(ctx) as client:
+        run, changed = client.set_status(
+            a.run_id,
+            RunStatus[a.status.upper()],
+            error=a.error,
+            worker_id=a.worker_id,
+            expected_mod_revision=a.expected_mod_revision,
+        )
+    _print_runs(ctx, [run])
+    if not changed:
+        _note("note: unchanged: the run was already in that state")
+    return EXIT_OK
+
+
+def _cmd_delete(ctx: _Context) -> int:
+    with _client(ctx) as client:
+        run = client.delete_run(ctx.args.run_id)
+    _print_runs(ctx, [run])
+    return EXIT_OK
+
+
+def _cmd_wait(ctx: _Context) -> int:
+    a = ctx.args
+    with _client(ctx) as client:
+        run, done = client.wait_run(a.run_id, timeout=a.wait_timeout, attach=a.attach)
+    _print_runs(ctx, [run])
+    if not done:
+        status = run.status.name.lower()
+        raise _Failure(
+            f"error: wait timed out: run {run.run_id} is still {status}", EXIT_WAIT_TIMEOUT
+        )
+    return EXIT_OK
+
+
+def _cmd_health(ctx: _Context) -> int:
+    a = ctx.args
+    with grpc.insecure_channel(a.addr) as channel, translated_errors():
+        response = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=a.service), timeout=ctx.call_timeout
+        )
+    status = str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
+    if ctx.output == "json":
+        _out(json.dumps({"address": a.addr, "service": a.service, "status": status}))
+    else:
+        for line in fmt.align(
+            [("ADDRESS", "SERVICE", "STATUS"), (a.addr, a.service or "-", status)]
+        ):
+            _out(line)
+    if status != "SERVING":
+        raise _Failure(f"error: server at {a.addr} is {status}")
+    return EXIT_OK
+
+
+async def _wait_connected(channel: grpc.aio.Channel, addr: str, limit: float | None) -> None:
+    """Fail fast when nothing listens at `addr` (a watch would otherwise wait forever)."""
+
+    async def connect() -> None:
+        state = channel.get_state(try_to_connect=True)
+        while state is not grpc.ChannelConnectivity.READY:
+            if state is grpc.ChannelConnectivity.TRANSIENT_FAILURE:
+                raise _Failure(f"error: cannot reach runcontrol server at {addr}")
+            await channel.wait_for_state_change(state)
+            state = channel.get_state(try_to_connect=True)
+
+    try:
+        async with asyncio.timeout(limit):
+            await connect()
+    except TimeoutError:
+        raise _Failure(
+            f"error: cannot reach runcontrol server at {addr} (not connected after {limit:g}s)"
+        ) from None
+
+
+async def _watch(ctx: _Context) -> int:
+    a = ctx.args
+    channel = grpc.aio.insecure_channel(a.addr, options=channel_options(True))
+    try:
+        await _wait_connected(channel, a.addr, ctx.call_timeout)
+        client = AsyncClient(channel=channel, timeout=ctx.call_timeout)
+        stream = client.watch(
+            thread_id=a.thread,
+            run_ids=a.run_id or (),
+            statuses=_statuses(a.status),
+            start_revision=a.start_revision,
+            send_initial=a.send_initial,
+        )
+        if ctx.output == "table":
+            _out(fmt.watch_header())
+        seen = 0
+        try:
+            async for item in stream:
+                for line in fmt.watch_item_lines(item, ctx.output, ctx.now()):
+                    _out(line)
+                if isinstance(item, WatchEvent | Resynced):
+                    seen += 1
+                    if a.max_events and seen >= a.max_events:
+                        break
+        finally:
+            aclose = getattr(stream, "aclose", None)
+            if aclose is not None:
+                await aclose()
+    finally:
+        await channel.close()
+    return EXIT_OK
+
+
+def _cmd_watch(ctx: _Context) -> int:
+    return asyncio.run(_watch(ctx))
+
+
+_COMMANDS: dict[str, Callable[[_Context], int]] = {
+    "create": _cmd_create,
+    "get": _cmd_get,
+    "list": _cmd_list,
+    "cancel": _cmd_cancel,
+    "status": _cmd_status,
+    "delete": _cmd_delete,
+    "wait": _cmd_wait,
+    "watch": _cmd_watch,
+    "health": _cmd_health,
+}
+
+
+def describe_error(error: RunControlError, addr: str, timeout: float | None) -> str:
+    """The stderr line for a failed call: `error: REASON: message`."""
+    if error.code is grpc.StatusCode.UNAVAILABLE and not error.reason:
+        return f"error: cannot reach runcontrol server at {addr}: {error.message}"
+    if error.code is grpc.StatusCode.DEADLINE_EXCEEDED and not error.reason:
+        within = f" within {timeout:g}s" if timeout else ""
+        return f"error: DEADLINE_EXCEEDED: no answer from {addr}{within} (see --timeout)"
+    return f"error: {error.reason or error.code.name}: {error.message}"
+
+
+def _exit_code(error: RunControlError) -> int:
+    return EXIT_NOT_FOUND if isinstance(error, RunNotFound) else EXIT_ERROR
+
+
+def main(argv: list[str] | None = None, *, now: Callable[[], datetime] | None = None) -> int:
+    """Run `runctl` with `argv` (default: the process arguments); returns the exit code."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a usage error (2)
+        return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
+    ctx = _Context(args, now or (lambda: datetime.now(UTC)))
+    try:
+        return _COMMANDS[args.command](ctx)
+    except RunControlError as error:
+        _note(describe_error(error, args.addr, ctx.call_timeout))
+        return _exit_code(error)
+    except _Failure as failure:
+        _note(str(failure))
+        return failure.exit_code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # The reader went away (`runctl watch | head -1`): stop quietly, and keep the
+        # interpreter from complaining when it flushes stdout at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

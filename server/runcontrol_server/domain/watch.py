@@ -1,0 +1,349 @@
+"""Watching runs: filters, the classification of changes, and cursors into the history.
+
+Shape (after etcd's watchable store and the Kubernetes watch cache): writers append one
+`ChangeSet` per revision to the shared `ChangeHistory` and resolve its one shared
+wake-up future. Each `Watcher` is only a cursor into that history plus a filter: it
+has no task and no queue of its own, so the history *is* every watcher's buffer. A
+watcher that never reads costs the writers nothing and holds nothing but its cursor;
+if it falls so far behind that its cursor leaves the history, it ends with
+`RevisionCompacted` (the client re-lists and watches again).
+
+Nothing here imports grpc or protobuf; the servicer turns batches into messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+
+from .errors import InvalidArgument, LimitExceeded, RevisionCompacted, ShuttingDown
+from .history import ChangeHistory
+from .model import Change, ChangeKind, ChangeSet, Run, RunStatus
+
+DEFAULT_MAX_WATCHERS = 10_000
+DEFAULT_PROGRESS_INTERVAL = 5.0
+# Change sets read from the history per call: amortizes the lookup for a watcher that
+# is behind, while bounding what one watcher holds (references to shared change sets).
+READ_CHUNK = 256
+
+
+class EventType(enum.StrEnum):
+    """A change as one watcher sees it, relative to its filter."""
+
+    ADDED = "added"
+    MODIFIED = "modified"
+    DELETED = "deleted"
+
+
+@dataclass(frozen=True, slots=True)
+class WatchFilter:
+    """Which runs a watcher sees. Empty / None parts match everything."""
+
+    thread_id: str | None = None
+    run_ids: frozenset[str] = field(default_factory=frozenset)
+    statuses: frozenset[RunStatus] = field(default_factory=frozenset)
+
+    def matches(self, run: Run) -> bool:
+        return self.matches_as(run, run.status)
+
+    def matches_as(self, run: Run, status: RunStatus) -> bool:
+        """Whether `run` would match if it were in `status` (ids never change)."""
+        return (
+            (self.thread_id is None or run.thread_id == self.thread_id)
+            and (not self.run_ids or run.run_id in self.run_ids)
+            and (not self.statuses or status in self.statuses)
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WatchEvent:
+    """One change as seen through a filter. `index` is its position in the change set,
+    so (revision, index, type) identifies the encoded event across watchers."""
+
+    type: EventType
+    change: Change
+    revision: int
+    index: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WatchBatch:
+    """What a watcher delivers at once: every matching event of one revision, or a
+    progress (bookmark) message, or the end-of-initial-set marker."""
+
+    revision: int
+    events: tuple[WatchEvent, ...] = ()
+    end_of_initial_set: bool = False
+    progress_only: bool = False
+
+
+def classify(
+    change: Change, watch_filter: WatchFilter, revision: int = 0, index: int = 0
+) -> WatchEvent | None:
+    """How `change` looks to a watcher with `watch_filter`, or None if it does not see it.
+
+    A run that moves into the filter is ADDED, out of it DELETED (its last state), within
+    it MODIFIED. "Before" is the same run in `prev_status`.
+    """
+    run = change.run
+    after = watch_filter.matches(run)
+    if change.kind is ChangeKind.CREATED:
+        kind = EventType.ADDED if after else None
+    else:
+        before_status = change.prev_status if change.prev_status is not None else run.status
+        before = watch_filter.matches_as(run, before_status)
+        if change.kind is ChangeKind.DELETED:
+            kind = EventType.DELETED if before else None
+        elif before:
+            kind = EventType.MODIFIED if after else EventType.DELETED
+        else:
+            kind = EventType.ADDED if after else None
+    return None if kind is None else WatchEvent(kind, change, revision, index)
+
+
+def classify_set(change_set: ChangeSet, watch_filter: WatchFilter) -> tuple[WatchEvent, ...]:
+    """Every event of one revision a watcher sees, in change order."""
+    events = (
+        classify(change, watch_filter, change_set.revision, index)
+        for index, change in enumerate(change_set.changes)
+    )
+    return tuple(event for event in events if event is not None)
+
+
+class WatchHub:
+    """The registry of open watchers: enforces the limit and ends them all on shutdown."""
+
+    def __init__(
+        self,
+        history: ChangeHistory,
+        *,
+        max_watchers: int = DEFAULT_MAX_WATCHERS,
+        progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
+    ) -> None:
+        if max_watchers < 1:
+            raise ValueError("max_watchers must be at least 1")
+        if not progress_interval > 0:
+            raise ValueError("progress_interval must be positive")
+        self._history = history
+        self.max_watchers = max_watchers
+        self.progress_interval = progress_interval
+        self._watchers: set[Watcher] = set()
+        self._shutting_down = False
+        # One future for every watcher, like the history's wake-up: created lazily on
+        # the running loop, resolved once by `shutdown`.
+        self._closing: asyncio.Future[None] | None = None
+        # Set while no watcher is open (asyncio.Event binds to a loop only when awaited).
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def history(self) -> ChangeHistory:
+        return self._history
+
+    @property
+    def count(self) -> int:
+        """Open watchers (registered and not yet closed)."""
+        return len(self._watchers)
+
+    @property
+    def shutting_down(self) -> bool:
+        return self._shutting_down
+
+    def watch(
+        self, watch_filter: WatchFilter, *, progress_interval: float | None = None
+    ) -> Watcher:
+        """A new watcher, registered at once, positioned "from now" (see `Watcher.seek`).
+
+        Use it as a context manager (`with hub.watch(f) as w: async for batch in w`): the
+        exit unregisters it, also on cancellation, so nothing outlives the stream.
+        Raises: LimitExceeded (max_watchers), ShuttingDown.
+        """
+        if self._shutting_down:
+            raise ShuttingDown(self._history.head_revision)
+        if len(self._watchers) >= self.max_watchers:
+            raise LimitExceeded(
+                "max_watchers", f"at most {self.max_watchers} watch streams may be open at once"
+            )
+        watcher = Watcher(
+            self,
+            watch_filter,
+            progress_interval=progress_interval or self.progress_interval,
+        )
+        self._watchers.add(watcher)
+        self._idle.clear()
+        return watcher
+
+    def shutdown(self) -> None:
+        """End every open watcher promptly with `ShuttingDown(its own last revision)`.
+
+        Synchronous and idempotent; later `watch` calls raise ShuttingDown. Each watcher
+        reports the last revision it fully delivered (not the store's), so resuming from
+        `revision + 1` loses nothing even for a watcher that was behind.
+        """
+        self._shutting_down = True
+        if self._closing is not None and not self._closing.done():
+            self._closing.set_result(None)
+
+    async def wait_closed(self) -> None:
+        """Return once no watcher is open (bound it with `asyncio.timeout`)."""
+        await self._idle.wait()
+
+    def _closing_future(self) -> asyncio.Future[None]:
+        if self._closing is None:
+            self._closing = asyncio.get_running_loop().create_future()
+            if self._shutting_down:
+                self._closing.set_result(None)
+        return self._closing
+
+    def _discard(self, watcher: Watcher) -> None:
+        self._watchers.discard(watcher)
+        if not self._watchers:
+            self._idle.set()
+
+
+class Watcher:
+    """A cursor into the history, filtered, delivering one `WatchBatch` per revision that
+    has matching events (revisions without any deliver nothing), and a progress batch
+    when nothing was delivered for `progress_interval` seconds.
+
+    Ends with RevisionCompacted when its cursor leaves the history, with ShuttingDown
+    when the hub shuts down. Not safe for two concurrent readers (one stream, one reader).
+    """
+
+    __slots__ = (
+        "_chunk",
+        "_chunk_pos",
+        "_closed",
+        "_cursor",
+        "_filter",
+        "_hub",
+        "_last_sent",
+        "_time",
+        "progress_interval",
+    )
+
+    def __init__(
+        self,
+        hub: WatchHub,
+        watch_filter: WatchFilter,
+        *,
+        progress_interval: float,
+        time: Callable[[], float] | None = None,
+    ) -> None:
+        self._hub = hub
+        self._filter = watch_filter
+        self.progress_interval = progress_interval
+        self._time = time or asyncio.get_running_loop().time
+        self._cursor = hub.history.head_revision + 1  # the next revision to look at
+        self._chunk: Sequence[ChangeSet] = ()
+        self._chunk_pos = 0
+        self._last_sent = self._time()
+        self._closed = False
+
+    @property
+    def filter(self) -> WatchFilter:
+        return self._filter
+
+    @property
+    def cursor(self) -> int:
+        """The next revision this watcher will look at."""
+        return self._cursor
+
+    @property
+    def revision(self) -> int:
+        """The last revision fully processed (everything up to it was delivered)."""
+        return self._cursor - 1
+
+    def seek(self, revision: int) -> None:
+        """Start at `revision` (>= 1) instead of "from now".
+
+        Raises: RevisionCompacted (no longer kept), InvalidArgument (`start_revision`
+        after the next revision: this server has never reached it, e.g. it restarted).
+        """
+        history = self._hub.history
+        if revision < 1:
+            raise InvalidArgument("start_revision", "must be at least 1")
+        if revision <= history.compact_revision:
+            raise RevisionCompacted(revision, history.compact_revision)
+        if revision > history.head_revision + 1:
+            raise InvalidArgument(
+                "start_revision",
+                f"is after the next revision {history.head_revision + 1} of this server",
+            )
+        self._cursor = revision
+        self._chunk, self._chunk_pos = (), 0
+
+    def mark_sent(self) -> None:
+        """Tell the watcher something was just sent (e.g. the initial set): restarts the
+        progress period."""
+        self._last_sent = self._time()
+
+    def close(self) -> None:
+        """Unregister and drop held references. Idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._chunk = ()
+            self._hub._discard(self)
+
+    def __enter__(self) -> Watcher:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __aiter__(self) -> Watcher:
+        return self
+
+    async def __anext__(self) -> WatchBatch:
+        history = self._hub.history
+        # Each pass either returns, raises, consumes at least one change set, or waits
+        # (bounded by the progress deadline), so the loop always makes progress.
+        while True:
+            if self._closed:
+                raise StopAsyncIteration
+            if self._hub.shutting_down:
+                raise ShuttingDown(self.revision)
+            batch = self._next_from_chunk()
+            if batch is not None:
+                self._last_sent = self._time()
+                return batch
+            due = self._last_sent + self.progress_interval - self._time()
+            if due <= 0:
+                self._last_sent = self._time()
+                return WatchBatch(self.revision, progress_only=True)
+            if self._cursor <= history.head_revision:
+                # Raises RevisionCompacted when the cursor has fallen off the history.
+                self._chunk, self._chunk_pos = history.since(self._cursor, READ_CHUNK), 0
+                continue
+            # Caught up: wait for the next append (shared future, never cancelled here;
+            # asyncio.wait only detaches its callback), the hub's shutdown, or the
+            # progress deadline.
+            await asyncio.wait(
+                {history.changed(), self._hub._closing_future()},
+                timeout=due,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+
+    def _next_from_chunk(self) -> WatchBatch | None:
+        """The next revision in the held chunk with matching events (cursor moves past
+        every revision looked at), or None when the chunk is used up."""
+        chunk = self._chunk
+        while self._chunk_pos < len(chunk):
+            change_set = chunk[self._chunk_pos]
+            self._chunk_pos += 1
+            if change_set.revision < self._cursor:
+                continue  # defensive: never deliver a revision twice
+            self._cursor = change_set.revision + 1
+            events = classify_set(change_set, self._filter)
+            if events:
+                return WatchBatch(change_set.revision, events)
+        self._chunk, self._chunk_pos = (), 0
+        return None

@@ -1,0 +1,314 @@
+"""Deadlines (TIMEOUT) and retention (DELETED): one janitor task, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+
+from runcontrol.testing import serve_in_process
+from runcontrol.v1 import run_control_pb2 as pb
+from runcontrol.v1 import run_pb2
+from runcontrol_server.app import build_manager
+from runcontrol_server.config import Settings, parse_settings
+from runcontrol_server.domain import (
+    Change,
+    ChangeKind,
+    ChangeSet,
+    MonotonicClock,
+    RunManager,
+    RunStatus,
+)
+from runcontrol_server.domain.janitor import Janitor
+from runcontrol_server.domain.model import Run
+from runcontrol_server.stores.memory import InMemoryRunStore
+
+SETTLE_TIMEOUT = 20.0
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Bounded wait for background work that announces nothing (the janitor's rounds)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + SETTLE_TIMEOUT
+    while not condition():
+        assert loop.time() < deadline, f"timed out waiting until {what}"
+        await asyncio.sleep(0.01)
+
+
+class FakeTime:
+    """A settable clock source for stores, so hours pass without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2030, 1, 1, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def changes_of(store: InMemoryRunStore, since: int) -> list[Change]:
+    return [change for cs in store.history.since(since) for change in cs.changes]
+
+
+def on_change(store: InMemoryRunStore, match: Callable[[Change], bool]) -> asyncio.Event:
+    """An event set by the first change that matches (listeners see every change)."""
+    seen = asyncio.Event()
+
+    def listener(change_set: ChangeSet) -> None:
+        if any(match(change) for change in change_set.changes):
+            seen.set()
+
+    store.history.add_listener(listener)
+    return seen
+
+
+# --- deadlines over the wire ---------------------------------------------------------
+
+
+async def test_a_run_past_its_deadline_becomes_timeout_with_its_event() -> None:
+    async with serve_in_process() as server:
+        created = await server.stub.CreateRun(
+            pb.CreateRunRequest(thread_id="t1", timeout=Duration(nanos=50_000_000))
+        )
+        run = created.run
+        assert run.HasField("deadline")
+        waited = await server.stub.WaitRun(
+            pb.WaitRunRequest(run_id=run.run_id, timeout=Duration(seconds=10)), timeout=20
+        )
+        assert waited.done
+        assert waited.run.status == run_pb2.RUN_STATUS_TIMEOUT
+        assert waited.run.deadline == run.deadline
+        assert waited.run.updated_at.ToDatetime() >= run.deadline.ToDatetime()
+        store = server.manager.store
+        assert isinstance(store, InMemoryRunStore)
+        (change,) = changes_of(store, run.create_revision + 1)
+        assert (change.kind, change.run.status, change.prev_status) == (
+            ChangeKind.UPDATED,
+            RunStatus.TIMEOUT,
+            RunStatus.PENDING,
+        )
+        assert change.run.mod_revision == waited.run.mod_revision
+        # The thread is free again.
+        inflight = await server.stub.HasInflight(pb.HasInflightRequest(thread_id="t1"))
+        assert not inflight.has_inflight
+
+
+async def test_a_run_finished_before_its_deadline_is_untouched() -> None:
+    async with serve_in_process() as server:
+        stub = server.stub
+        early = (
+            await stub.CreateRun(
+                pb.CreateRunRequest(thread_id="t1", timeout=Duration(nanos=50_000_000))
+            )
+        ).run
+        done = await stub.SetRunStatus(
+            pb.SetRunStatusRequest(
+                run_id=early.run_id, status=run_pb2.RUN_STATUS_ERROR, error="failed fast"
+            )
+        )
+        # A later deadline on another run: once it has fired, the first one has passed too.
+        marker = (
+            await stub.CreateRun(
+                pb.CreateRunRequest(thread_id="t2", timeout=Duration(nanos=100_000_000))
+            )
+        ).run
+        waited = await stub.WaitRun(
+            pb.WaitRunRequest(run_id=marker.run_id, timeout=Duration(seconds=10)), timeout=20
+        )
+        assert waited.run.status == run_pb2.RUN_STATUS_TIMEOUT
+        got = await stub.GetRun(pb.GetRunRequest(run_id=early.run_id))
+        assert got.run == done.run
+        assert got.run.error == "failed fast"
+
+
+# --- retention ----------------------------------------------------------------------
+
+
+async def test_retention_deletes_finished_runs_and_frees_their_request_id() -> None:
+    store = InMemoryRunStore()
+    manager = RunManager(store, retention=timedelta(milliseconds=100))
+    deleted = on_change(store, lambda c: c.kind is ChangeKind.DELETED)
+    async with serve_in_process(manager=manager) as server:
+        stub = server.stub
+        first = (await stub.CreateRun(pb.CreateRunRequest(thread_id="t1", request_id="r1"))).run
+        kept = (await stub.CreateRun(pb.CreateRunRequest(thread_id="t2"))).run  # stays active
+        await stub.CancelRun(pb.CancelRunRequest(run_id=first.run_id))
+        await asyncio.wait_for(deleted.wait(), SETTLE_TIMEOUT)
+
+        (change,) = [c for c in changes_of(store, 1) if c.kind is ChangeKind.DELETED]
+        assert change.run.run_id == first.run_id
+        assert change.prev_status is RunStatus.INTERRUPTED
+        with pytest.raises(grpc.aio.AioRpcError) as missing:
+            await stub.GetRun(pb.GetRunRequest(run_id=first.run_id))
+        assert missing.value.code() == grpc.StatusCode.NOT_FOUND
+        # The request_id died with its run: the same request now creates a new run.
+        again = await stub.CreateRun(pb.CreateRunRequest(thread_id="t1", request_id="r1"))
+        assert not again.replayed
+        assert again.run.run_id != first.run_id
+        got = await stub.GetRun(pb.GetRunRequest(run_id=kept.run_id))
+        assert got.run.status == run_pb2.RUN_STATUS_PENDING
+
+
+async def test_default_retention_is_300_seconds() -> None:
+    clock = FakeTime()
+    store = InMemoryRunStore(clock=MonotonicClock(clock))
+    manager = RunManager(store)
+    assert manager.janitor.retention == timedelta(seconds=300)
+    run = (await manager.create_run("t1", request_id="r1")).run
+    await manager.cancel_run(run.run_id)
+
+    clock.now += timedelta(seconds=299)
+    assert await manager.janitor.sweep() == timedelta(seconds=1)
+    assert (await manager.get_run(run.run_id)).status is RunStatus.INTERRUPTED
+    clock.now += timedelta(seconds=1)
+    assert await manager.janitor.sweep() is None  # nothing pending any more
+    assert store.sizes()["runs"] == store.sizes()["requests"] == 0
+
+
+@pytest.mark.parametrize("manager_retention", ["none", "settings-zero"])
+async def test_no_retention_keeps_finished_runs_forever(manager_retention: str) -> None:
+    clock = FakeTime()
+    store = InMemoryRunStore(clock=MonotonicClock(clock))
+    if manager_retention == "none":
+        manager = RunManager(store, retention=None)
+    else:
+        settings = parse_settings(["--retention", "0"], {})
+        retention = build_manager(settings).janitor.retention
+        assert (settings.retention, retention) == (0, None)
+        manager = RunManager(store, retention=retention)
+    run = (await manager.create_run("t1")).run
+    done = (await manager.cancel_run(run.run_id)).run
+    clock.now += timedelta(days=3650)
+    assert await manager.janitor.sweep() is None
+    assert await manager.get_run(run.run_id) == done
+
+
+def test_retention_setting_bounds() -> None:
+    assert Settings().retention == 300.0
+    assert parse_settings([], {"RUNCONTROL_RETENTION": "1.5"}).retention == 1.5
+    for bad in ("-1", "nan", "inf", "1e12"):
+        with pytest.raises(SystemExit):
+            parse_settings(["--retention", bad], {})
+
+
+# --- the janitor ---------------------------------------------------------------------
+
+
+async def test_sweep_reports_the_next_due_time() -> None:
+    clock = FakeTime()
+    store = InMemoryRunStore(clock=MonotonicClock(clock))
+    manager = RunManager(store, retention=timedelta(seconds=60))
+    janitor = manager.janitor
+    assert await janitor.sweep() is None
+    await manager.create_run("t1", run_timeout=timedelta(seconds=30))
+    assert await janitor.sweep() == timedelta(seconds=30)
+    finished = (await manager.create_run("t2")).run
+    await manager.cancel_run(finished.run_id)
+    clock.now += timedelta(seconds=10)
+    assert await janitor.sweep() == timedelta(seconds=20)  # the deadline comes first
+    clock.now += timedelta(seconds=20)
+    assert await janitor.sweep() == timedelta(seconds=30)  # expired; now the purge
+    assert store.sizes()["deadlines"] == 0
+
+
+async def test_a_busy_store_does_not_wake_the_janitor_per_change() -> None:
+    store = InMemoryRunStore()
+    manager = RunManager(store)  # retention 300 s: nothing falls due during this test
+    await manager.start()
+    try:
+        await until(lambda: manager.janitor.rounds >= 1, "the first round ran")
+        rounds = manager.janitor.rounds
+        for i in range(1000):
+            run = (await manager.create_run(f"t{i}", run_timeout=timedelta(hours=1))).run
+            await manager.set_status(run.run_id, RunStatus.ERROR)
+            await asyncio.sleep(0)  # give the janitor every chance to run
+        # At most one periodic (history-pruning) round may fall into the loop above.
+        assert manager.janitor.rounds - rounds <= 1
+    finally:
+        await manager.close()
+
+
+async def test_an_earlier_deadline_wakes_the_sleeping_janitor() -> None:
+    store = InMemoryRunStore()
+    manager = RunManager(store, prune_interval=timedelta(hours=1))
+    await manager.start()
+    try:
+        await until(lambda: manager.janitor.rounds >= 1, "the first round ran")
+        timed_out = on_change(store, lambda c: c.run.status is RunStatus.TIMEOUT)
+        await manager.create_run("t1", run_timeout=timedelta(milliseconds=20))
+        # Without the poke it would sleep for an hour.
+        await asyncio.wait_for(timed_out.wait(), SETTLE_TIMEOUT)
+    finally:
+        await manager.close()
+
+
+class _FailingOnceStore(InMemoryRunStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.failures = 1
+
+    async def expire_due(self, now: datetime, limit: int) -> list[Run]:
+        if self.failures:
+            self.failures -= 1
+            raise RuntimeError("database went away")
+        return await super().expire_due(now, limit)
+
+
+async def test_a_failing_round_is_logged_and_the_loop_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _FailingOnceStore()
+    janitor = Janitor(store, error_backoff=0.01)
+    with caplog.at_level(logging.ERROR, logger="runcontrol_server.domain.janitor"):
+        janitor.start()
+        try:
+            await until(lambda: janitor.rounds >= 1, "a round succeeded after the failure")
+        finally:
+            await janitor.stop()
+    (record,) = caplog.records
+    assert "janitor round failed" in record.getMessage()
+    assert record.exc_info is not None and "database went away" in str(record.exc_info[1])
+
+
+async def test_start_and_stop_are_idempotent_and_leave_no_task() -> None:
+    janitor = Janitor(InMemoryRunStore())
+    await janitor.stop()  # before start: nothing to do
+    janitor.start()
+    janitor.start()
+    assert janitor.running
+    assert sum(t.get_name() == "runcontrol-janitor" for t in asyncio.all_tasks()) == 1
+    await janitor.stop()
+    await janitor.stop()
+    assert not janitor.running
+    assert not any(t.get_name() == "runcontrol-janitor" for t in asyncio.all_tasks())
+
+
+# --- bounded memory --------------------------------------------------------------------
+
+
+async def test_100k_finished_runs_leave_memory_back_near_empty() -> None:
+    store = InMemoryRunStore(history_max_age=timedelta(milliseconds=200))
+    manager = RunManager(
+        store, retention=timedelta(milliseconds=100), prune_interval=timedelta(milliseconds=50)
+    )
+    await manager.start()
+    try:
+        peak = 0
+        for i in range(100_000):
+            run = (await manager.create_run(f"t{i % 1000}", request_id=f"r{i}")).run
+            await manager.set_status(run.run_id, RunStatus.ERROR)
+            if i % 1000 == 999:
+                peak = max(peak, store.sizes()["runs"])
+                await asyncio.sleep(0)  # a real server yields between calls
+        assert peak > 0  # retention had something to do while runs were being made
+        await until(lambda: not any(store.sizes().values()), f"empty, not {store.sizes()}")
+        assert store.sizes() == dict.fromkeys(
+            ("runs", "threads", "requests", "history", "deadlines", "finished"), 0
+        )
+        assert manager.waiters.count == 0
+    finally:
+        await manager.close()
