@@ -12,6 +12,14 @@ BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
 LISTEN ?= 127.0.0.1:50051
 PROTO_FILES := $(wildcard protos/runcontrol/v1/*.proto)
+# `buf breaking` compares protos/ with the main branch: the local branch when there is
+# one (a fresh clone), else origin/main (a CI checkout of a detached commit); empty
+# outside a git checkout. Override with BUF_AGAINST='<buf input>' (relative to protos/).
+GIT_DIR_ABS = $(shell git rev-parse --path-format=absolute --git-common-dir 2>/dev/null)
+MAIN_REF = $(shell git rev-parse -q --verify refs/heads/main >/dev/null 2>&1 && echo branch=main \
+	|| { git rev-parse -q --verify refs/remotes/origin/main >/dev/null 2>&1 && echo ref=origin/main; })
+comma := ,
+BUF_AGAINST ?= $(if $(and $(GIT_DIR_ABS),$(MAIN_REF)),$(GIT_DIR_ABS)#$(MAIN_REF)$(comma)subdir=protos)
 
 .PHONY: help install serve test pytest lint typecheck proto proto-check bench clean
 
@@ -46,10 +54,11 @@ node-test: $(STAMP) ## the Node.js client tests (client/node) against the real s
 	cd client/node && npm ci --no-audit --no-fund --silent
 	cd client/node && RUNCONTROL_PYTHON=$(abspath $(PY)) npm test
 
-lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, import-linter layer contracts
+lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, buf breaking vs main, import-linter
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	cd protos && ../$(BUF) lint
+	$(if $(BUF_AGAINST),cd protos && ../$(BUF) breaking --against '$(BUF_AGAINST)',@echo 'buf breaking: skipped (no main branch in this checkout)')
 	$(VENV)/bin/lint-imports
 
 typecheck: $(STAMP) ## mypy --strict on client and server code

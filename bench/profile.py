@@ -5,13 +5,17 @@ while the load runs (SIGUSR1 on, SIGUSR2 off and write the stats), drives a fixe
 load from the load-generator process, then prints the top functions by own time and
 by cumulative time. The stats file stays for `python -m pstats` or snakeviz.
 With `--py-spy` (when py-spy is on PATH) a flame graph SVG is recorded as well.
+With `--echo` the bare echo baseline is profiled under the same load instead (answer
+sizes measured on a real server first), to tell grpc's own per-call cost from ours.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
+import json
 import os
 import pstats
 import shutil
@@ -26,14 +30,7 @@ from .common import REPO_ROOT, server_process, worker_process
 OPS = ("create", "get", "list", "watch")
 
 
-async def _serve_profiled(stats_path: Path) -> None:
-    from runcontrol_server.app import configure_logging, serve
-    from runcontrol_server.config import parse_settings
-
-    settings = parse_settings(
-        ["--listen", "127.0.0.1:0", "--log-level", "WARNING", "--grace-period", "1"]
-    )
-    configure_logging(settings)
+async def _serve_profiled(stats_path: Path, echo_sizes: str | None = None) -> None:
     profiler = cProfile.Profile()
     loop = asyncio.get_running_loop()
 
@@ -43,6 +40,20 @@ async def _serve_profiled(stats_path: Path) -> None:
 
     loop.add_signal_handler(signal.SIGUSR1, profiler.enable)
     loop.add_signal_handler(signal.SIGUSR2, stop_profiling)
+    if echo_sizes is not None:
+        from . import echo_server
+
+        sizes = {str(k): int(v) for k, v in json.loads(echo_sizes).items()}
+        await echo_server.serve("127.0.0.1:0", sizes)
+        return
+
+    from runcontrol_server.app import configure_logging, serve
+    from runcontrol_server.config import parse_settings
+
+    settings = parse_settings(
+        ["--listen", "127.0.0.1:0", "--log-level", "WARNING", "--grace-period", "1"]
+    )
+    configure_logging(settings)
     await serve(settings)
 
 
@@ -55,17 +66,31 @@ def _wait_for(path: Path, seconds: float) -> bool:
     return False
 
 
-def profile(op: str, seconds: float, concurrency: int, top: int, py_spy: bool) -> int:
+def profile(
+    op: str, seconds: float, concurrency: int, top: int, py_spy: bool, echo: bool = False
+) -> int:
     out_dir = REPO_ROOT / "bench" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
-    stats_path = out_dir / f"profile-{op}.prof"
+    name = f"profile-{op}-echo" if echo else f"profile-{op}"
+    stats_path = out_dir / f"{name}.prof"
     stats_path.unlink(missing_ok=True)
-    args = ["-m", "bench.profile", "--serve", str(stats_path)]
-    with server_process(args) as server, worker_process() as worker:
-        worker.call({"op": "seed", "target": server.address})
+    with contextlib.ExitStack() as stack:
+        worker = stack.enter_context(worker_process())
+        args = ["-m", "bench.profile", "--serve", str(stats_path)]
+        service = "subject"
+        if echo:
+            # The real answer sizes (and the load's requests) come from a real server.
+            real_args = ["-m", "runcontrol_server", "--listen", "127.0.0.1:0"]
+            with server_process([*real_args, "--log-level", "WARNING"]) as real:
+                seed = worker.call({"op": "seed", "target": real.address})
+            args += ["--echo", json.dumps(seed["sizes"])]
+            service = "echo"
+        server = stack.enter_context(server_process(args))
+        if not echo:
+            worker.call({"op": "seed", "target": server.address})
         spy: subprocess.Popen[bytes] | None = None
         if py_spy and shutil.which("py-spy"):
-            svg = out_dir / f"profile-{op}.svg"
+            svg = out_dir / f"{name}.svg"
             spy_cmd = ["py-spy", "record", "-o", str(svg), "--pid", str(server.pid)]
             spy_cmd += ["--duration", str(int(seconds) + 1)]
             spy = subprocess.Popen(spy_cmd)
@@ -78,7 +103,7 @@ def profile(op: str, seconds: float, concurrency: int, top: int, py_spy: bool) -
                     {
                         "op": "fanout",
                         "target": server.address,
-                        "service": "subject",
+                        "service": service,
                         "watchers": 1000,
                         "changes": max(5, int(seconds * 5)),
                         "budget": seconds * 20,
@@ -90,7 +115,7 @@ def profile(op: str, seconds: float, concurrency: int, top: int, py_spy: bool) -
                     {
                         "op": "unary",
                         "target": server.address,
-                        "service": "subject",
+                        "service": service,
                         "method": op,
                         "concurrency": concurrency,
                         "duration": seconds,
@@ -123,7 +148,8 @@ def main(argv: list[str] | None = None) -> int:
     if argv is None:
         argv = sys.argv[1:]
     if argv[:1] == ["--serve"]:
-        asyncio.run(_serve_profiled(Path(argv[1])))
+        echo_sizes = argv[3] if argv[2:3] == ["--echo"] else None
+        asyncio.run(_serve_profiled(Path(argv[1]), echo_sizes))
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__)
     parser.add_argument("op", choices=OPS)
@@ -131,8 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--py-spy", action="store_true", help="also record a py-spy flame graph")
+    parser.add_argument(
+        "--echo", action="store_true", help="profile the bare echo baseline instead"
+    )
     args = parser.parse_args(argv)
-    return profile(args.op, args.seconds, args.concurrency, args.top, args.py_spy)
+    return profile(args.op, args.seconds, args.concurrency, args.top, args.py_spy, args.echo)
 
 
 if __name__ == "__main__":

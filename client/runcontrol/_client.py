@@ -227,8 +227,13 @@ class AsyncClient:
         """Block until the run is terminal or `timeout` passes; returns (record, done).
 
         The call itself has no deadline beyond `timeout` (plus a margin for the answer).
+        A `timeout` of zero or less does not wait: it reads the run once.
         """
         wait_for = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if wait_for is not None and wait_for <= 0:
+            # WaitRun reads a zero timeout as "no limit": answer a poll from GetRun.
+            run = await self.fetch_run(run_id)
+            return run, run.is_terminal
         with translated_errors():
             response = await self._stub.WaitRun(
                 rq.wait_request(run_id, timeout, attach),
@@ -265,8 +270,20 @@ class AsyncClient:
             # failing at once while the channel is reconnecting.
             return self._stub.WatchRuns(attempt, wait_for_ready=True)
 
+        async def current_revision() -> int:
+            # Pins a watch "from now" before its first stream: a reconnect before the
+            # first message then resumes from here instead of from a later "now".
+            response = await self._stub.ListRuns(
+                pb.ListRunsRequest(page_size=1), timeout=self._timeout
+            )
+            return response.revision
+
         return resuming_watch(
-            open_stream, request, bookmarks=bookmarks, max_reconnects=max_reconnects
+            open_stream,
+            request,
+            bookmarks=bookmarks,
+            max_reconnects=max_reconnects,
+            current_revision=current_revision,
         )
 
 
@@ -446,6 +463,9 @@ class Client:
         self, run_id: str, *, timeout: float | timedelta | None = None, attach: bool = False
     ) -> tuple[Run, bool]:
         wait_for = timeout.total_seconds() if isinstance(timeout, timedelta) else timeout
+        if wait_for is not None and wait_for <= 0:
+            run = self.fetch_run(run_id)
+            return run, run.is_terminal
         with translated_errors():
             response = self._stub.WaitRun(
                 rq.wait_request(run_id, timeout, attach),

@@ -36,7 +36,11 @@ class AsyncRunHandle:
         return self.run
 
     async def wait(self, timeout: float | timedelta | None = None, *, attach: bool = False) -> bool:
-        """Wait until the run is terminal (True) or `timeout` passes (False); updates `run`."""
+        """Wait until the run is terminal (True) or `timeout` passes (False); updates `run`.
+
+        With `attach`, the server cancels a run whose on_disconnect is CANCEL when this
+        call goes away first (the awaiting task is cancelled, the process exits).
+        """
         self.run, done = await self._client.wait_run(self.run_id, timeout=timeout, attach=attach)
         return done
 
@@ -73,11 +77,20 @@ class AsyncRunHandle:
         await self._client.delete_run(self.run_id)
 
     def watch(
-        self, *, start_revision: int = 0, send_initial: bool = False
+        self,
+        *,
+        start_revision: int = 0,
+        send_initial: bool = False,
+        bookmarks: bool = False,
+        max_reconnects: int | None = None,
     ) -> AsyncIterator[WatchItem]:
-        """Changes of this run only (a resuming watch)."""
+        """Changes of this run only (a resuming watch, see `AsyncClient.watch`)."""
         return self._client.watch(
-            run_ids=[self.run_id], start_revision=start_revision, send_initial=send_initial
+            run_ids=[self.run_id],
+            start_revision=start_revision,
+            send_initial=send_initial,
+            bookmarks=bookmarks,
+            max_reconnects=max_reconnects,
         )
 
 

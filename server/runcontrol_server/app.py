@@ -136,6 +136,52 @@ class _DrainInterceptor(grpc.aio.ServerInterceptor):
         return grpc.stream_stream_rpc_method_handler(streaming, **codec)
 
 
+class _WatchContext:
+    """A Health.Watch context that notices when NOT_SERVING has been sent while draining."""
+
+    def __init__(self, context: Any, health: _DrainingHealth) -> None:
+        self._context = context
+        self._health = health
+        self.finished = asyncio.Event()
+
+    async def write(self, message: health_pb2.HealthCheckResponse) -> None:
+        await self._context.write(message)
+        if self._health.draining and message.status == health_pb2.HealthCheckResponse.NOT_SERVING:
+            self.finished.set()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _DrainingHealth(health_aio.HealthServicer):
+    """grpc.health.v1 whose Watch streams end once they have reported NOT_SERVING.
+
+    The stock servicer keeps Watch streams open forever, so every load balancer
+    watching health would hold a draining server for its whole grace period.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.draining = False
+
+    async def drain(self) -> None:
+        self.draining = True
+        await self.enter_graceful_shutdown()  # permanent NOT_SERVING, watchers notified
+
+    async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
+        proxy = _WatchContext(context, self)
+        watch = asyncio.ensure_future(super().Watch(request, proxy))
+        finished = asyncio.ensure_future(proxy.finished.wait())
+        try:
+            await asyncio.wait({watch, finished}, return_when=asyncio.FIRST_COMPLETED)
+            if watch.done():
+                watch.result()
+        finally:
+            for task in (watch, finished):
+                task.cancel()
+            await asyncio.gather(watch, finished, return_exceptions=True)
+
+
 class RunControlServer:
     """One gRPC server process-part: RunControl + health + reflection on one address.
 
@@ -154,7 +200,7 @@ class RunControlServer:
         """`limits` and `page_token_key` override what `settings` derive (for tests)."""
         self._settings = settings
         self._manager = manager if manager is not None else build_manager(settings)
-        self._health = health_aio.HealthServicer()
+        self._health = _DrainingHealth()
         self._drain = _DrainInterceptor(self._manager)
         if page_token_key is None and settings.page_token_key is not None:
             page_token_key = settings.page_token_key.encode()
@@ -219,7 +265,7 @@ class RunControlServer:
             return
         self._drain.draining = True
         # Permanent: later `set` calls are ignored, so nothing flips it back to SERVING.
-        await self._health.enter_graceful_shutdown()
+        await self._health.drain()
         # Streams and waits would otherwise hold the grace period open and then be
         # cut off without a word: end them now, each told where to resume.
         await self._manager.begin_shutdown()

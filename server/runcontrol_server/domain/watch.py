@@ -152,6 +152,11 @@ class WatchHub:
     def shutting_down(self) -> bool:
         return self._shutting_down
 
+    @property
+    def watchers(self) -> frozenset[Watcher]:
+        """The open watchers, as a snapshot (for introspection and tests)."""
+        return frozenset(self._watchers)
+
     def watch(
         self, watch_filter: WatchFilter, *, progress_interval: float | None = None
     ) -> Watcher:
@@ -256,6 +261,12 @@ class Watcher:
     def revision(self) -> int:
         """The last revision fully processed (everything up to it was delivered)."""
         return self._cursor - 1
+
+    @property
+    def held(self) -> int:
+        """Change sets this watcher holds (its current chunk): its whole buffer, at most
+        `READ_CHUNK` and never more than the history keeps, shared with everyone."""
+        return len(self._chunk)
 
     def seek(self, revision: int) -> None:
         """Start at `revision` (>= 1) instead of "from now".

@@ -2,6 +2,6 @@
 
 from .limits import Limits
 from .service import RunControlServicer
-from .watch import add_to_server
+from .wire import add_to_server
 
 __all__ = ["Limits", "RunControlServicer", "add_to_server"]

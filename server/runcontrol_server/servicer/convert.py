@@ -6,11 +6,11 @@ missing proto value fails at import time instead of mapping silently to 0.
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
-from google.protobuf import json_format
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from runcontrol.v1 import run_pb2
@@ -51,9 +51,38 @@ def status_name(value: str) -> str:
 
 
 def struct_to_dict(struct: Struct) -> dict[str, Any]:
-    """A JSON object from a Struct. Raises ValueError for NaN/Infinity numbers."""
-    result: dict[str, Any] = json_format.MessageToDict(struct)
-    return result
+    """A JSON object from a Struct. Raises ValueError for NaN/Infinity numbers.
+
+    The same values as `json_format.MessageToDict(struct)` (numbers stay floats, an
+    unset Value is null), without its per-field descriptor lookups.
+    """
+    fields = struct.fields
+    if not fields:
+        return {}
+    return {key: _value_to_json(fields[key]) for key in fields}
+
+
+def _value_to_json(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        number = value.number_value
+        if not math.isfinite(number):
+            name = "NaN" if math.isnan(number) else "Infinity"
+            # json_format's wording: such a number has no JSON form.
+            raise ValueError(
+                f"Fail to serialize {name} for Value.number_value, "
+                "which would parse as string_value"
+            )
+        return number
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value_to_json(item) for item in value.list_value.values]
+    return None  # null_value, or no kind set
 
 
 def dict_to_struct(value: dict[str, Any], target: Struct) -> None:

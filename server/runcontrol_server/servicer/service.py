@@ -1,14 +1,14 @@
 """The RunControl gRPC servicer: validate -> call the manager -> convert.
 
-No rules live here. Every handler body runs inside `mapped_errors`, so every
-failure is answered from the one error table.
+No rules live here. Every failure of every handler is answered by `mapped_errors`
+(entered on the error path only, see `_fail`), so from the one error table.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 
@@ -17,22 +17,32 @@ from runcontrol.v1 import run_control_pb2_grpc
 
 from ..domain.manager import RunManager
 from ..domain.model import ListQuery
-from . import validation
+from . import validation, wire
 from .convert import (
     CANCEL_ACTION_FROM_PROTO,
     DISCONNECT_FROM_PROTO,
     STATUS_FROM_PROTO,
     STRATEGY_FROM_PROTO,
-    run_to_proto,
-    struct_to_dict,
 )
 from .errors import mapped_errors
 from .limits import Limits
 from .page_token import PageTokenCodec, filter_digest
 from .wait import wait_run
 from .watch import EventEncoder, watch_runs
+from .wire import DEFAULT_RECORD_CACHE_SIZE, RecordCache
 
 _Context = grpc.aio.ServicerContext[Any, Any]
+
+
+async def _fail(context: _Context, error: Exception) -> NoReturn:
+    """Answer `error` through the one error table (`mapped_errors`), then re-raise.
+
+    Handlers enter `mapped_errors` only on failure: the same answer for every error,
+    without the context manager's cost on every successful call.
+    """
+    async with mapped_errors(context):
+        raise error
+    raise AssertionError("unreachable: mapped_errors aborts or re-raises")  # pragma: no cover
 
 
 class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
@@ -40,6 +50,7 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
 
     `page_token_key` signs ListRuns page tokens; replicas serving the same clients
     must share it (None: a random key per process, see `page_token`).
+    `record_cache_size` bounds the runs whose encoded record is kept (see `wire`).
     """
 
     def __init__(
@@ -48,51 +59,61 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
         *,
         limits: Limits = Limits(),  # noqa: B008 - frozen, so sharing the default is safe
         page_token_key: bytes | None = None,
+        record_cache_size: int = DEFAULT_RECORD_CACHE_SIZE,
     ) -> None:
         self._manager = manager
         self._limits = limits
         self._tokens = PageTokenCodec(page_token_key)
-        # One per servicer: every WatchRuns stream shares the encoded events.
-        self._events = EventEncoder()
+        # One per servicer: each run is encoded once per revision for every answer
+        # that carries it, and every WatchRuns stream shares the encoded events.
+        self._records = RecordCache(record_cache_size)
+        self._events = EventEncoder(self._records)
 
     @property
     def manager(self) -> RunManager:
         return self._manager
 
-    async def CreateRun(
+    # CreateRun, GetRun, ListRuns, SetRunStatus, CancelRun and DeleteRun answer
+    # serialized response bytes assembled from each run's once-encoded record (see
+    # `wire`), so they must be registered with `wire.add_to_server`, which passes them
+    # through. Clients see ordinary messages.
+
+    async def CreateRun(  # type: ignore[override]
         self, request: pb.CreateRunRequest, context: _Context
-    ) -> pb.CreateRunResponse:
-        async with mapped_errors(context):
-            validation.validate_create_run(request, self._limits)
+    ) -> bytes:
+        try:
+            metadata, kwargs = validation.validate_create_run(request, self._limits)
             outcome = await self._manager.create_run(
                 request.thread_id,
                 assistant_id=request.assistant_id if request.HasField("assistant_id") else None,
                 # UNSPECIFIED (0) is absent from the maps: the manager applies the default.
                 on_disconnect=DISCONNECT_FROM_PROTO.get(request.on_disconnect),
                 multitask_strategy=STRATEGY_FROM_PROTO.get(request.multitask_strategy),
-                metadata=struct_to_dict(request.metadata),
-                kwargs=struct_to_dict(request.kwargs),
+                metadata=metadata,
+                kwargs=kwargs,
                 request_id=request.request_id if request.HasField("request_id") else None,
                 run_timeout=request.timeout.ToTimedelta() if request.HasField("timeout") else None,
             )
-            response = pb.CreateRunResponse(
-                queued_behind_run_ids=outcome.queued_behind, replayed=outcome.replayed
+            encode = self._records.encode
+            return wire.create_run_response(
+                encode(outcome.run),
+                [encode(run) for run in outcome.interrupted],
+                outcome.queued_behind,
+                outcome.replayed,
             )
-            run_to_proto(outcome.run, response.run)
-            for interrupted in outcome.interrupted:
-                run_to_proto(interrupted, response.interrupted_runs.add())
-            return response
+        except Exception as error:
+            await _fail(context, error)
 
-    async def GetRun(self, request: pb.GetRunRequest, context: _Context) -> pb.GetRunResponse:
-        async with mapped_errors(context):
+    async def GetRun(self, request: pb.GetRunRequest, context: _Context) -> bytes:  # type: ignore[override]
+        try:
             validation.validate_get_run(request, self._limits)
             run = await self._manager.get_run(request.run_id)
-            response = pb.GetRunResponse()
-            run_to_proto(run, response.run)
-            return response
+            return wire.get_run_response(self._records.encode(run))
+        except Exception as error:
+            await _fail(context, error)
 
-    async def ListRuns(self, request: pb.ListRunsRequest, context: _Context) -> pb.ListRunsResponse:
-        async with mapped_errors(context):
+    async def ListRuns(self, request: pb.ListRunsRequest, context: _Context) -> bytes:  # type: ignore[override]
+        try:
             validation.validate_list_runs(request, self._limits)
             thread_id = request.thread_id or None
             statuses = frozenset(STATUS_FROM_PROTO[s] for s in request.statuses)
@@ -105,17 +126,21 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
                 after=after,
             )
             page = await self._manager.list_runs(query)
-            response = pb.ListRunsResponse(revision=page.revision)
-            for run in page.runs:
-                run_to_proto(run, response.runs.add())
-            if page.next_cursor is not None:
-                response.next_page_token = self._tokens.encode(page.next_cursor, digest)
-            return response
+            token = (
+                self._tokens.encode(page.next_cursor, digest)
+                if page.next_cursor is not None
+                else ""
+            )
+            return wire.list_runs_response(
+                map(self._records.encode, page.runs), token, page.revision
+            )
+        except Exception as error:
+            await _fail(context, error)
 
-    async def SetRunStatus(
+    async def SetRunStatus(  # type: ignore[override]
         self, request: pb.SetRunStatusRequest, context: _Context
-    ) -> pb.SetRunStatusResponse:
-        async with mapped_errors(context):
+    ) -> bytes:
+        try:
             validation.validate_set_run_status(request, self._limits)
             outcome = await self._manager.set_status(
                 request.run_id,
@@ -128,28 +153,28 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
                     else None
                 ),
             )
-            response = pb.SetRunStatusResponse(changed=outcome.changed)
-            run_to_proto(outcome.run, response.run)
-            return response
+            return wire.record_and_flag(self._records.encode(outcome.run), outcome.changed)
+        except Exception as error:
+            await _fail(context, error)
 
-    async def CancelRun(
+    async def CancelRun(  # type: ignore[override]
         self, request: pb.CancelRunRequest, context: _Context
-    ) -> pb.CancelRunResponse:
-        async with mapped_errors(context):
+    ) -> bytes:
+        try:
             validation.validate_cancel_run(request, self._limits)
             outcome = await self._manager.cancel_run(
                 request.run_id,
                 action=CANCEL_ACTION_FROM_PROTO.get(request.action),
                 reason=request.reason if request.HasField("reason") else None,
             )
-            response = pb.CancelRunResponse(cancelled=outcome.cancelled)
-            run_to_proto(outcome.run, response.run)
-            return response
+            return wire.record_and_flag(self._records.encode(outcome.run), outcome.cancelled)
+        except Exception as error:
+            await _fail(context, error)
 
     async def HasInflight(
         self, request: pb.HasInflightRequest, context: _Context
     ) -> pb.HasInflightResponse:
-        async with mapped_errors(context):
+        try:
             validation.validate_has_inflight(request, self._limits)
             inflight = await self._manager.has_inflight(request.thread_id)
             return pb.HasInflightResponse(
@@ -157,11 +182,13 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
                 run_ids=inflight.run_ids,
                 revision=inflight.revision,
             )
+        except Exception as error:
+            await _fail(context, error)
 
-    async def DeleteRun(
+    async def DeleteRun(  # type: ignore[override]
         self, request: pb.DeleteRunRequest, context: _Context
-    ) -> pb.DeleteRunResponse:
-        async with mapped_errors(context):
+    ) -> bytes:
+        try:
             validation.validate_delete_run(request, self._limits)
             outcome = await self._manager.delete_run(
                 request.run_id,
@@ -171,16 +198,16 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
                     else None
                 ),
             )
-            response = pb.DeleteRunResponse(revision=outcome.revision)
-            run_to_proto(outcome.run, response.run)
-            return response
+            return wire.delete_run_response(self._records.encode(outcome.run), outcome.revision)
+        except Exception as error:
+            await _fail(context, error)
 
     async def WaitRun(self, request: pb.WaitRunRequest, context: _Context) -> pb.WaitRunResponse:
         async with mapped_errors(context):
             return await wait_run(self._manager, request, self._limits)
 
     # Yields serialized WatchRunsResponse bytes (encode once, see `watch`), so it must be
-    # registered with `watch.add_to_server`, which passes them through.
+    # registered with `wire.add_to_server`, which passes them through.
     async def WatchRuns(  # type: ignore[override]
         self, request: pb.WatchRunsRequest, context: _Context
     ) -> AsyncIterator[bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
+from typing import Any
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
@@ -65,7 +66,10 @@ def check_statuses(field: str, values: Iterable[int]) -> None:
         check_enum(field, value, STATUS_FROM_PROTO, required=True)
 
 
-def check_payload(field: str, value: Struct, limits: Limits) -> None:
+def check_payload(field: str, value: Struct, limits: Limits) -> dict[str, Any]:
+    """The payload as a JSON object (converted once: the caller uses the result)."""
+    if not value.fields:
+        return {}
     size = value.ByteSize()
     if size > limits.max_payload_bytes:
         raise InvalidArgument(
@@ -73,7 +77,7 @@ def check_payload(field: str, value: Struct, limits: Limits) -> None:
         )
     try:
         # NaN and Infinity have no JSON form, so they cannot be stored as given.
-        struct_to_dict(value)
+        return struct_to_dict(value)
     except ValueError as exc:
         raise InvalidArgument(field, f"is not a valid JSON object: {exc}") from None
 
@@ -93,7 +97,10 @@ def check_revision(field: str, value: int) -> None:
         raise InvalidArgument(field, "must not be negative")
 
 
-def validate_create_run(request: pb.CreateRunRequest, limits: Limits) -> None:
+def validate_create_run(
+    request: pb.CreateRunRequest, limits: Limits
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Checks the request; returns its metadata and kwargs as JSON objects."""
     check_id("thread_id", request.thread_id, limits)
     if request.HasField("assistant_id"):
         check_id("assistant_id", request.assistant_id, limits)
@@ -103,8 +110,8 @@ def validate_create_run(request: pb.CreateRunRequest, limits: Limits) -> None:
     check_enum(
         "multitask_strategy", request.multitask_strategy, STRATEGY_FROM_PROTO, required=False
     )
-    check_payload("metadata", request.metadata, limits)
-    check_payload("kwargs", request.kwargs, limits)
+    metadata = check_payload("metadata", request.metadata, limits)
+    kwargs = check_payload("kwargs", request.kwargs, limits)
     if request.HasField("timeout"):
         timeout = check_duration("timeout", request.timeout)
         # Stores keep microseconds, so anything shorter would be a zero timeout.
@@ -112,6 +119,7 @@ def validate_create_run(request: pb.CreateRunRequest, limits: Limits) -> None:
             raise InvalidArgument("timeout", "must be positive (at least 1 microsecond)")
         if timeout > limits.max_run_timeout:
             raise InvalidArgument("timeout", f"must be at most {limits.max_run_timeout}")
+    return metadata, kwargs
 
 
 def validate_get_run(request: pb.GetRunRequest, limits: Limits) -> None:

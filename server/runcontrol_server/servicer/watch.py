@@ -2,15 +2,17 @@
 
 Encode once: the `RunEvent` of one change as seen with one event type is the same
 bytes for every watcher, so `EventEncoder` serializes it once and every stream builds
-its `WatchRunsResponse` by concatenating wire bytes. WatchRuns is therefore registered
-with a pass-through response serializer (`add_to_server`); clients see ordinary
-`WatchRunsResponse` messages.
+its `WatchRunsResponse` by concatenating wire bytes; the run inside is the record
+encoded once per revision (`wire.RecordCache`), shared with every unary answer, and a
+revision with one event (the usual case) is one shared response. WatchRuns is
+therefore registered with a pass-through response serializer (`wire.add_to_server`);
+clients see ordinary `WatchRunsResponse` messages.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Callable, Iterable
+from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
 import grpc
@@ -22,9 +24,10 @@ from ..domain.manager import RunManager
 from ..domain.model import Run
 from ..domain.watch import EventType, WatchBatch, WatchEvent, WatchFilter
 from . import validation
-from .convert import STATUS_FROM_PROTO, STATUS_TO_PROTO, run_to_proto
+from .convert import STATUS_FROM_PROTO, STATUS_TO_PROTO
 from .errors import mapped_errors
 from .limits import Limits
+from .wire import RecordCache, encode_record, varint
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -34,26 +37,26 @@ EVENT_TYPE_TO_PROTO: dict[EventType, run_pb2.EventType.ValueType] = {
 _STATUS_UNSPECIFIED = run_pb2.RunStatus.RUN_STATUS_UNSPECIFIED
 # The initial set is sent in messages of at most this many events (all at one revision).
 INITIAL_CHUNK = 500
-# Encoded events kept for other watchers of the same revision. Watchers that are caught
+# Encoded batches kept for other watchers of the same revision. Watchers that are caught
 # up all ask within one wake-up, so a modest bound serves the fan-out; a straggler that
 # misses the cache just encodes again.
 DEFAULT_CACHE_SIZE = 4096
+# ... and at most this many bytes of them (one large run must not pin 4096 copies).
+DEFAULT_CACHE_BYTES = 16 << 20
 
 # WatchRunsResponse field tags (field number << 3 | wire type).
 _TAG_REVISION = b"\x08"  # 1, varint
 _TAG_EVENT = b"\x12"  # 2, length-delimited
 _END_OF_INITIAL_SET = b"\x18\x01"  # 3 = true
 _PROGRESS_ONLY = b"\x20\x01"  # 4 = true
-
-
-def _varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
+# RunEvent field tags.
+_EVENT_TYPE = b"\x08"  # 1, varint
+_EVENT_RUN = b"\x12"  # 2, length-delimited
+_EVENT_PREV_STATUS = b"\x18"  # 3, varint
+_EVENT_REVISION = b"\x20"  # 4, varint
+_EVENT_TYPE_FIELD = {
+    k: _EVENT_TYPE + varint(v) if v else b"" for k, v in EVENT_TYPE_TO_PROTO.items()
+}
 
 
 def encode_response(
@@ -69,9 +72,9 @@ def encode_response(
     """
     parts: list[bytes] = []
     if revision:
-        parts += (_TAG_REVISION, _varint(revision))
+        parts += (_TAG_REVISION, varint(revision))
     for event in events:
-        parts += (_TAG_EVENT, _varint(len(event)), event)
+        parts += (_TAG_EVENT, varint(len(event)), event)
     if end_of_initial_set:
         parts.append(_END_OF_INITIAL_SET)
     if progress_only:
@@ -80,54 +83,92 @@ def encode_response(
 
 
 def encode_event(
-    event_type: EventType, run: Run, prev_status: run_pb2.RunStatus.ValueType, revision: int
+    event_type: EventType,
+    run: Run,
+    prev_status: run_pb2.RunStatus.ValueType,
+    revision: int,
+    records: RecordCache | None = None,
 ) -> bytes:
-    message = pb.RunEvent(
-        type=EVENT_TYPE_TO_PROTO[event_type], prev_status=prev_status, revision=revision
-    )
-    run_to_proto(run, message.run)
-    return message.SerializeToString()
+    """A serialized `RunEvent` (the run's record from `records` when given)."""
+    record = records.encode(run) if records is not None else encode_record(run)
+    parts = [_EVENT_TYPE_FIELD[event_type], _EVENT_RUN, varint(len(record)), record]
+    if prev_status:
+        parts += (_EVENT_PREV_STATUS, varint(prev_status))
+    if revision:
+        parts += (_EVENT_REVISION, varint(revision))
+    return b"".join(parts)
 
 
 class EventEncoder:
-    """Serialized `RunEvent`s keyed by (revision, change index, event type), LRU-bounded.
+    """Serialized `WatchRunsResponse`s of change batches, keyed by the revision and the
+    events seen ((change index, event type) each), bounded by count and by bytes,
+    least recently used out first.
 
-    Shared by every stream of one servicer: ten thousand watchers of one change cost
-    one serialization.
+    Shared by every stream of one servicer: ten thousand watchers that see one change
+    the same way cost one serialization, and each of them a dict lookup. The runs
+    inside come from the servicer's `RecordCache`.
     """
 
-    def __init__(self, max_entries: int = DEFAULT_CACHE_SIZE) -> None:
+    def __init__(
+        self,
+        records: RecordCache | None = None,
+        max_entries: int = DEFAULT_CACHE_SIZE,
+        max_bytes: int = DEFAULT_CACHE_BYTES,
+    ) -> None:
+        self._records = records if records is not None else RecordCache()
         self._max_entries = max_entries
-        self._cache: OrderedDict[tuple[int, int, EventType], bytes] = OrderedDict()
+        self._max_bytes = max_bytes
+        self._bytes = 0
+        self._cache: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._cache)
 
-    def encode(self, event: WatchEvent) -> bytes:
-        key = (event.revision, event.index, event.type)
-        cached = self._cache.get(key)
-        if cached is not None:
-            self._cache.move_to_end(key)
-            return cached
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of cached responses."""
+        return self._bytes
+
+    @property
+    def records(self) -> RecordCache:
+        return self._records
+
+    def _encode_event(self, event: WatchEvent) -> bytes:
         change = event.change
         prev = (
             STATUS_TO_PROTO[change.prev_status]
             if change.prev_status is not None
             else _STATUS_UNSPECIFIED
         )
-        data = encode_event(event.type, change.run, prev, event.revision)
-        self._cache[key] = data
-        if len(self._cache) > self._max_entries:
-            self._cache.popitem(last=False)
-        return data
+        return encode_event(event.type, change.run, prev, event.revision, self._records)
 
     def encode_batch(self, batch: WatchBatch) -> bytes:
-        return encode_response(
-            batch.revision,
-            (self.encode(event) for event in batch.events),
-            end_of_initial_set=batch.end_of_initial_set,
-            progress_only=batch.progress_only,
-        )
+        events = batch.events
+        if not events or batch.end_of_initial_set or batch.progress_only:
+            return encode_response(
+                batch.revision,
+                map(self._encode_event, events),
+                end_of_initial_set=batch.end_of_initial_set,
+                progress_only=batch.progress_only,
+            )
+        key: tuple[object, ...]
+        if len(events) == 1:
+            first = events[0]
+            key = (batch.revision, first.revision, first.index, first.type)
+        else:
+            key = (batch.revision, *((e.revision, e.index, e.type) for e in events))
+        cache = self._cache
+        data = cache.get(key)
+        if data is not None:
+            cache.move_to_end(key)
+            return data
+        data = encode_response(batch.revision, map(self._encode_event, events))
+        cache[key] = data
+        self._bytes += len(data)
+        while len(cache) > self._max_entries or (self._bytes > self._max_bytes and cache):
+            _, dropped = cache.popitem(last=False)
+            self._bytes -= len(dropped)
+        return data
 
 
 def watch_filter_of(request: pb.WatchRunsRequest) -> WatchFilter:
@@ -167,7 +208,7 @@ async def watch_runs(
                 )
                 # Stream from right after the snapshot: together, one consistent view.
                 watcher.seek(revision + 1)
-                for message in _initial_messages(runs, revision, watch_filter):
+                for message in _initial_messages(runs, revision, watch_filter, encoder.records):
                     yield message
                 watcher.mark_sent()
             elif request.start_revision:
@@ -177,60 +218,21 @@ async def watch_runs(
 
 
 def _initial_messages(
-    runs: Iterable[Run], revision: int, watch_filter: WatchFilter
+    runs: Iterable[Run], revision: int, watch_filter: WatchFilter, records: RecordCache
 ) -> Iterable[bytes]:
     """The initial set as ADDED events at `revision`, chunked, then the end marker."""
     chunk: list[bytes] = []
     for run in runs:
         if not watch_filter.matches(run):
             continue
-        # Initial events carry the revision of the run's last change; not shared with
-        # other watchers (each initial set is its own), so not cached.
-        chunk.append(encode_event(EventType.ADDED, run, _STATUS_UNSPECIFIED, run.mod_revision))
+        # Initial events carry the revision of the run's last change; the event is not
+        # shared with other watchers (each initial set is its own), the record is.
+        chunk.append(
+            encode_event(EventType.ADDED, run, _STATUS_UNSPECIFIED, run.mod_revision, records)
+        )
         if len(chunk) == INITIAL_CHUNK:
             yield encode_response(revision, chunk)
             chunk = []
     if chunk:
         yield encode_response(revision, chunk)
     yield encode_response(revision, end_of_initial_set=True)
-
-
-def _identity(data: bytes) -> bytes:
-    return data
-
-
-# Methods whose handlers yield pre-serialized bytes.
-_PRE_ENCODED = frozenset({"WatchRuns"})
-_SERVICE = pb.DESCRIPTOR.services_by_name["RunControl"]
-
-
-def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
-    """Register the RunControl servicer: like the generated
-    `add_RunControlServicer_to_server`, but WatchRuns passes its bytes through.
-
-    Built from the service descriptor, so every other method keeps the generated codec.
-    """
-    handlers: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
-    for method in _SERVICE.methods:
-        request_type = getattr(pb, method.input_type.name)
-        response_type = getattr(pb, method.output_type.name)
-        serializer: Callable[[Any], bytes] = (
-            _identity if method.name in _PRE_ENCODED else response_type.SerializeToString
-        )
-        codec: dict[str, Any] = {
-            "request_deserializer": request_type.FromString,
-            "response_serializer": serializer,
-        }
-        behaviour = getattr(servicer, method.name)
-        if method.client_streaming or not method.server_streaming:
-            # RunControl has only unary calls and one server stream.
-            if method.client_streaming:
-                raise TypeError(f"unsupported client-streaming method {method.name}")
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, **codec)
-        else:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(behaviour, **codec)
-    server.add_generic_rpc_handlers(
-        (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
-    )
-    # Registered methods take grpc's faster lookup path (as the generated code does).
-    server.add_registered_method_handlers(_SERVICE.full_name, handlers)
