@@ -153,7 +153,7 @@ class _WatchContext:
         return getattr(self._context, name)
 
 
-class _DrainingHealth(health_aio.HealthServicer):
+class _DrainingHealth(health_aio.HealthServicer):  # type: ignore[misc]  # untyped base
     """grpc.health.v1 whose Watch streams end once they have reported NOT_SERVING.
 
     The stock servicer keeps Watch streams open forever, so every load balancer
