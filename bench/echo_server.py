@@ -22,6 +22,8 @@ from typing import Any
 
 import grpc
 
+from runcontrol_server import eventloop
+
 SERVICE = "bench.Echo"
 # What a real WatchRuns stream sends first here (end_of_initial_set at revision 1).
 READY = b"\x08\x01\x18\x01"
@@ -101,7 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sizes", default="{}", help="JSON: method name -> answer bytes")
     args = parser.parse_args(argv)
     sizes = {str(k): int(v) for k, v in json.loads(args.sizes).items()}
-    asyncio.run(serve(args.listen, sizes))
+    # The same loop choice as runcontrol-server's default (`--loop auto`), so the
+    # baseline and the subject differ only in what the service does.
+    eventloop.run(serve(args.listen, sizes), "auto")
     return 0
 
 

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sys
 
+from . import eventloop
 from .config import parse_settings
 
 log = logging.getLogger("runcontrol_server")
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
 
     configure_logging(settings)
     try:
-        asyncio.run(serve(settings))
+        eventloop.run(serve(settings), settings.loop)
     except ListenError as exc:
         # The address is taken or not local: a traceback adds nothing.
         log.error("%s", exc)

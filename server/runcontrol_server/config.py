@@ -31,6 +31,8 @@ class Settings:
     # A secret: kept out of repr so it never reaches a log line.
     page_token_key: str | None = field(default=None, repr=False)
     max_concurrent_rpcs: int | None = None
+    # Event loop: "auto" (uvloop when installed), "asyncio" or "uvloop".
+    loop: str = "auto"
     # Seconds finished runs are kept before deletion; 0 keeps them forever.
     retention: float = 300.0
     # WatchRuns: open streams at once; default heartbeat period (seconds).
@@ -101,6 +103,13 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _loop(value: str) -> str:
+    name = value.lower()
+    if name not in ("auto", "asyncio", "uvloop"):
+        raise ValueError("must be one of auto, asyncio, uvloop")
+    return name
+
+
 def _log_level(value: str) -> str:
     level = value.upper()
     if level not in _LOG_LEVELS:
@@ -169,6 +178,12 @@ OPTIONS: tuple[Option, ...] = (
         "N",
         "calls served at once; more are refused with RESOURCE_EXHAUSTED",
         default_text="unlimited",
+    ),
+    Option(
+        "loop",
+        _loop,
+        "auto|asyncio|uvloop",
+        "event loop; auto takes uvloop when it is installed (the `uvloop` extra)",
     ),
     Option(
         "retention",

@@ -69,9 +69,7 @@ class ChangeHistory:
         self.prune(now)
         for listener in self._listeners:
             listener(change_set)
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
+        self.wake()
 
     def add_listener(self, listener: Callable[[ChangeSet], None]) -> None:
         """Call `listener` synchronously with every appended change set.
@@ -117,6 +115,13 @@ class ChangeHistory:
         # read costs what it returns, not the length of the whole history.
         tail = itertools.islice(reversed(self._entries), size - stop, size - start)
         return [entry[1] for entry in reversed(list(tail))]
+
+    def wake(self) -> None:
+        """Resolve the pending `changed()` future without an append, so every waiting
+        reader looks again (e.g. to notice a shutdown)."""
+        waiting, self._waiting = self._waiting, None
+        if waiting is not None and not waiting.done():
+            waiting.set_result(None)
 
     def changed(self) -> asyncio.Future[None]:
         """A future resolved at the next append, shared by all readers.

@@ -62,6 +62,8 @@ class ChangeKind(enum.StrEnum):
 
 def canonical_json(value: dict[str, Any] | None) -> str:
     """The one textual form of a JSON object: equal objects give equal text."""
+    if not value:
+        return "{}"  # the common empty payload, without a trip through the encoder
     return json.dumps(
         value or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )

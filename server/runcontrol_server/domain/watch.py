@@ -28,6 +28,8 @@ DEFAULT_PROGRESS_INTERVAL = 5.0
 # Change sets read from the history per call: amortizes the lookup for a watcher that
 # is behind, while bounding what one watcher holds (references to shared change sets).
 READ_CHUNK = 256
+# (revision, filter) classifications kept for watchers that share a filter.
+CLASSIFY_CACHE_SIZE = 4096
 
 
 class EventType(enum.StrEnum):
@@ -132,9 +134,9 @@ class WatchHub:
         self.progress_interval = progress_interval
         self._watchers: set[Watcher] = set()
         self._shutting_down = False
-        # One future for every watcher, like the history's wake-up: created lazily on
-        # the running loop, resolved once by `shutdown`.
-        self._closing: asyncio.Future[None] | None = None
+        # Watchers that share a filter share its classification of each revision:
+        # (revision, filter) -> events, bounded, oldest out first.
+        self._classified: dict[tuple[int, WatchFilter], tuple[WatchEvent, ...]] = {}
         # Set while no watcher is open (asyncio.Event binds to a loop only when awaited).
         self._idle = asyncio.Event()
         self._idle.set()
@@ -189,19 +191,27 @@ class WatchHub:
         `revision + 1` loses nothing even for a watcher that was behind.
         """
         self._shutting_down = True
-        if self._closing is not None and not self._closing.done():
-            self._closing.set_result(None)
+        # Watchers wait on the history's one wake-up future only (a second, never
+        # resolved future would cost O(watchers) per wake-up to detach from), so the
+        # shutdown is delivered through it.
+        self._history.wake()
 
     async def wait_closed(self) -> None:
         """Return once no watcher is open (bound it with `asyncio.timeout`)."""
         await self._idle.wait()
 
-    def _closing_future(self) -> asyncio.Future[None]:
-        if self._closing is None:
-            self._closing = asyncio.get_running_loop().create_future()
-            if self._shutting_down:
-                self._closing.set_result(None)
-        return self._closing
+    def classified(
+        self, change_set: ChangeSet, watch_filter: WatchFilter
+    ) -> tuple[WatchEvent, ...]:
+        """`classify_set`, computed once per (revision, filter) for all watchers."""
+        key = (change_set.revision, watch_filter)
+        events = self._classified.get(key)
+        if events is None:
+            events = classify_set(change_set, watch_filter)
+            if len(self._classified) >= CLASSIFY_CACHE_SIZE:
+                del self._classified[next(iter(self._classified))]
+            self._classified[key] = events
+        return events
 
     def _discard(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
@@ -334,14 +344,10 @@ class Watcher:
                 # Raises RevisionCompacted when the cursor has fallen off the history.
                 self._chunk, self._chunk_pos = history.since(self._cursor, READ_CHUNK), 0
                 continue
-            # Caught up: wait for the next append (shared future, never cancelled here;
-            # asyncio.wait only detaches its callback), the hub's shutdown, or the
-            # progress deadline.
-            await asyncio.wait(
-                {history.changed(), self._hub._closing_future()},
-                timeout=due,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
+            # Caught up: wait for the next append or the hub's shutdown (both resolve the
+            # history's shared future, never cancelled here: asyncio.wait only detaches
+            # its callback), or the progress deadline.
+            await asyncio.wait({history.changed()}, timeout=due)
 
     def _next_from_chunk(self) -> WatchBatch | None:
         """The next revision in the held chunk with matching events (cursor moves past
@@ -353,7 +359,7 @@ class Watcher:
             if change_set.revision < self._cursor:
                 continue  # defensive: never deliver a revision twice
             self._cursor = change_set.revision + 1
-            events = classify_set(change_set, self._filter)
+            events = self._hub.classified(change_set, self._filter)
             if events:
                 return WatchBatch(change_set.revision, events)
         self._chunk, self._chunk_pos = (), 0

@@ -245,7 +245,7 @@ class InMemoryRunStore:
         revision, now = self._revision + 1, self._clock.now()
         changes: list[Change] = []
         interrupted: list[Run] = []
-        reason = interrupt_reason(draft.run_id, draft.multitask_strategy)
+        reason = interrupt_reason(draft.run_id, draft.multitask_strategy) if plan.interrupt else ""
         for old in plan.interrupt:
             run = apply_cancel(old, plan.cancel_action, reason, now, revision)
             self._replace(run)
