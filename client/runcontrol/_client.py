@@ -26,10 +26,6 @@ DEFAULT_TIMEOUT = 30.0
 _UNSET: Any = object()
 
 
-def _channel_args(retry: bool, options: Sequence[tuple[str, Any]]) -> list[tuple[str, Any]]:
-    return rq.channel_options(retry, options)
-
-
 class AsyncClient:
     """Asynchronous RunControl client.
 
@@ -59,7 +55,7 @@ class AsyncClient:
         self._owns_channel = channel is None
         if channel is None:
             assert target is not None
-            args = _channel_args(retry, options)
+            args = rq.channel_options(retry, options)
             channel = (
                 grpc.aio.secure_channel(target, credentials, options=args)
                 if credentials is not None
@@ -305,7 +301,7 @@ class Client:
         self._owns_channel = channel is None
         if channel is None:
             assert target is not None
-            args = _channel_args(retry, options)
+            args = rq.channel_options(retry, options)
             channel = (
                 grpc.secure_channel(target, credentials, options=args)
                 if credentials is not None
