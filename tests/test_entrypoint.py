@@ -9,19 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+from _server_process import (
+    EXIT_TIMEOUT,
+    STARTUP_TIMEOUT,
+    clean_env,
+    server_process,
+)
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -34,75 +38,7 @@ from runcontrol_server.config import OPTIONS, Settings, build_parser, parse_sett
 from runcontrol_server.domain.manager import RunManager
 from runcontrol_server.stores.memory import InMemoryRunStore
 
-STARTUP_TIMEOUT = 20.0  # a cold interpreter importing grpc can be slow on CI
-EXIT_TIMEOUT = 10.0
 CALL_TIMEOUT = 5.0
-LISTENING = re.compile(r"^listening on (127\.0\.0\.1:(\d+))$")
-
-
-# --- helpers -------------------------------------------------------------------------
-
-
-def _clean_env(**extra: str) -> dict[str, str]:
-    # The developer's own RUNCONTROL_* variables must not leak into the tests.
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RUNCONTROL_")}
-    env.update(extra)
-    return env
-
-
-@dataclass
-class ServerProcess:
-    proc: asyncio.subprocess.Process
-    address: str
-    # Draining both pipes keeps the child from blocking on a full pipe and lets
-    # asyncio close the transport once the child exits.
-    stdout_rest: asyncio.Task[bytes]
-    stderr: asyncio.Task[bytes]
-
-    async def stop(self, signum: signal.Signals) -> int:
-        self.proc.send_signal(signum)
-        return await asyncio.wait_for(self.proc.wait(), EXIT_TIMEOUT)
-
-
-@contextlib.asynccontextmanager
-async def server_process(
-    *args: str, env: Mapping[str, str] | None = None
-) -> AsyncIterator[ServerProcess]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runcontrol_server",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else _clean_env(),
-    )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    stderr = asyncio.ensure_future(proc.stderr.read())
-    stdout_rest: asyncio.Task[bytes] | None = None
-    try:
-        try:
-            first = await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"no 'listening on' line within {STARTUP_TIMEOUT}s")
-        line = first.decode().rstrip("\n")
-        match = LISTENING.match(line)
-        if match is None:
-            await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
-            err = (await asyncio.wait_for(stderr, EXIT_TIMEOUT)).decode()
-            pytest.fail(f"first stdout line {line!r}, exit {proc.returncode}, stderr:\n{err}")
-        assert int(match.group(2)) != 0
-        stdout_rest = asyncio.ensure_future(proc.stdout.read())
-        yield ServerProcess(proc, match.group(1), stdout_rest, stderr)
-    finally:
-        if proc.returncode is None:
-            proc.kill()  # by this child's pid, never by name
-        await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
-        for task in (stderr, stdout_rest):
-            if task is not None:
-                await asyncio.wait_for(task, EXIT_TIMEOUT)
 
 
 async def _health(channel: grpc.aio.Channel, service: str) -> int:
@@ -169,7 +105,7 @@ async def test_process_serves_health_reflection_and_runs_then_exits_0_on_signal(
 
 
 async def test_process_takes_listen_from_environment() -> None:
-    env = _clean_env(RUNCONTROL_LISTEN="127.0.0.1:0")
+    env = clean_env(RUNCONTROL_LISTEN="127.0.0.1:0")
     async with server_process(env=env) as server:
         # server_process already checked the line names 127.0.0.1 and a real port.
         async with grpc.aio.insecure_channel(server.address) as channel:
@@ -191,7 +127,7 @@ async def test_process_exits_1_when_the_port_is_taken() -> None:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=_clean_env(),
+            env=clean_env(),
         )
         try:
             out, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
@@ -211,7 +147,7 @@ def test_help_lists_every_flag_with_its_env_var_and_default() -> None:
         capture_output=True,
         text=True,
         timeout=STARTUP_TIMEOUT,
-        env=_clean_env(),
+        env=clean_env(),
         check=False,
     )
     assert result.returncode == 0
@@ -241,7 +177,7 @@ def test_process_rejects_invalid_values_with_usage_and_exit_2(
         capture_output=True,
         text=True,
         timeout=STARTUP_TIMEOUT,
-        env=_clean_env(**env),
+        env=clean_env(**env),
         check=False,
     )
     assert result.returncode == 2

@@ -11,17 +11,14 @@ attached run was left alone) is checked in-process with `RunControlServer.begin_
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import signal
-import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import grpc
 import pytest
+from _server_process import EXIT_TIMEOUT, server_process
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -35,14 +32,11 @@ from runcontrol_server.app import RUN_CONTROL_SERVICE
 from runcontrol_server.config import Settings
 from runcontrol_server.domain import RunStatus
 
-STARTUP_TIMEOUT = 20.0  # a cold interpreter importing grpc can be slow on CI
-EXIT_TIMEOUT = 10.0
 CALL_TIMEOUT = 5.0
 GRACE = 5.0
 # Nothing holds the server once streams and waits are ended, so it must exit long
 # before the grace period would have run out.
 PROMPT_EXIT = 2.0
-LISTENING = re.compile(r"^listening on (127\.0\.0\.1:(\d+))$")
 MAX_MESSAGES = 10_000
 # Runs of ~60 KB each: more than a stream's flow-control windows hold.
 BIG_RUNS = 200  # every read loop is bounded; each read is bounded too
@@ -52,62 +46,6 @@ RUNNING, SUCCESS = run_pb2.RUN_STATUS_RUNNING, run_pb2.RUN_STATUS_SUCCESS
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 Stream = Any  # grpc.aio.UnaryStreamCall[WatchRunsRequest, WatchRunsResponse]
-
-
-# --- the server process ----------------------------------------------------------------
-
-
-def _clean_env() -> dict[str, str]:
-    # The developer's own RUNCONTROL_* variables must not leak into the test.
-    return {k: v for k, v in os.environ.items() if not k.startswith("RUNCONTROL_")}
-
-
-@dataclass
-class ServerProcess:
-    proc: asyncio.subprocess.Process
-    address: str
-    stdout_rest: asyncio.Task[bytes]
-    stderr: asyncio.Task[bytes]
-
-
-@contextlib.asynccontextmanager
-async def server_process(*args: str) -> AsyncIterator[ServerProcess]:
-    """`python -m runcontrol_server ARGS`, killed by its pid if the test leaves it running."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "runcontrol_server",
-        *args,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=_clean_env(),
-    )
-    assert proc.stdout is not None
-    assert proc.stderr is not None
-    # Both pipes are drained so the child never blocks on a full pipe.
-    stderr = asyncio.ensure_future(proc.stderr.read())
-    stdout_rest: asyncio.Task[bytes] | None = None
-    try:
-        try:
-            first = await asyncio.wait_for(proc.stdout.readline(), STARTUP_TIMEOUT)
-        except TimeoutError:
-            pytest.fail(f"no 'listening on' line within {STARTUP_TIMEOUT}s")
-        line = first.decode().rstrip("\n")
-        match = LISTENING.match(line)
-        if match is None:
-            await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
-            err = (await asyncio.wait_for(stderr, EXIT_TIMEOUT)).decode()
-            pytest.fail(f"first stdout line {line!r}, exit {proc.returncode}, stderr:\n{err}")
-        stdout_rest = asyncio.ensure_future(proc.stdout.read())
-        yield ServerProcess(proc, match.group(1), stdout_rest, stderr)
-    finally:
-        if proc.returncode is None:
-            proc.kill()  # this child, by its pid
-        await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
-        for task in (stderr, stdout_rest):
-            if task is not None:
-                await asyncio.wait_for(task, EXIT_TIMEOUT)
 
 
 # --- streams ---------------------------------------------------------------------------
