@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -16,14 +17,16 @@ class MonotonicClock:
     """
 
     def __init__(self, source: Callable[[], datetime] | None = None) -> None:
-        self._source = source or (lambda: datetime.now(UTC))
+        # A partial, not a lambda: one Python frame less on every write.
+        self._source = source or functools.partial(datetime.now, UTC)
         self._last = datetime.min.replace(tzinfo=UTC)
 
     def now(self) -> datetime:
         current = self._source()
-        if current.tzinfo is None:
-            raise ValueError("clock source must return an aware datetime")
-        current = current.astimezone(UTC)
+        if current.tzinfo is not UTC:  # the default source's answer needs no conversion
+            if current.tzinfo is None:
+                raise ValueError("clock source must return an aware datetime")
+            current = current.astimezone(UTC)
         if current < self._last:
             current = self._last
         self._last = current

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import uuid
 from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 from .errors import RunNotFound
+from .ids import new_run_id
 from .janitor import DEFAULT_PRUNE_INTERVAL, DEFAULT_RETENTION, Janitor
 from .model import (
     CancelAction,
@@ -43,16 +43,12 @@ log = logging.getLogger(__name__)
 DISCONNECT_CANCEL_REASON = "client disconnected while attached (WaitRun)"
 
 
-def _new_run_id() -> str:
-    return str(uuid.uuid4())
-
-
 class RunManager:
     def __init__(
         self,
         store: RunStore,
         *,
-        new_id: Callable[[], str] = _new_run_id,
+        new_id: Callable[[], str] = new_run_id,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         retention: timedelta | None = DEFAULT_RETENTION,

@@ -4,15 +4,21 @@ Records are frozen snapshots: every change makes a new record, so a reader can
 never see (or cause) a half-applied change. JSON payloads are held as canonical
 JSON text and decoded into a fresh object on every read, so no reader ever holds
 a reference to stored internals.
+
+The records made on every write (`Run`, `RunDraft`, `Change`, `ChangeSet`,
+`CreateOutcome`) are `NamedTuple`s: as immutable as a frozen dataclass, but built
+about three times faster (a frozen dataclass sets each field through
+`object.__setattr__`), which is measurable on the CreateRun path. The rest stay
+frozen dataclasses.
 """
 
 from __future__ import annotations
 
 import enum
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 
 class RunStatus(enum.StrEnum):
@@ -60,17 +66,20 @@ class ChangeKind(enum.StrEnum):
     DELETED = "deleted"
 
 
+# One encoder for every call: `json.dumps` with options builds a new one each time.
+_CANONICAL = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+
+
 def canonical_json(value: dict[str, Any] | None) -> str:
     """The one textual form of a JSON object: equal objects give equal text."""
     if not value:
         return "{}"  # the common empty payload, without a trip through the encoder
-    return json.dumps(
-        value or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
+    return _CANONICAL.encode(value)
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
+class Run(NamedTuple):
     """One run at one revision. Never mutated: changes produce a new `Run`."""
 
     run_id: str
@@ -109,11 +118,10 @@ class Run:
         return result
 
     def evolve(self, **changes: Any) -> Run:
-        return replace(self, **changes)
+        return self._replace(**changes)
 
 
-@dataclass(frozen=True, slots=True)
-class RunDraft:
+class RunDraft(NamedTuple):
     """Everything a caller decides about a new run; the store adds ids of time and revision."""
 
     run_id: str
@@ -154,8 +162,7 @@ class StatusChange:
     expected_mod_revision: int | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Change:
+class Change(NamedTuple):
     """One run's change within a revision."""
 
     kind: ChangeKind
@@ -163,16 +170,14 @@ class Change:
     prev_status: RunStatus | None
 
 
-@dataclass(frozen=True, slots=True)
-class ChangeSet:
+class ChangeSet(NamedTuple):
     """Everything that happened at one store revision (one atomic operation)."""
 
     revision: int
     changes: tuple[Change, ...]
 
 
-@dataclass(frozen=True, slots=True)
-class CreateOutcome:
+class CreateOutcome(NamedTuple):
     run: Run
     interrupted: tuple[Run, ...] = ()
     queued_behind: tuple[str, ...] = ()

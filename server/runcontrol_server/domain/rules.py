@@ -8,8 +8,8 @@ once and every store enforces them the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 from .errors import AlreadyClaimed, InvalidTransition, RevisionMismatch, ThreadBusy
 from .model import (
@@ -125,8 +125,7 @@ def apply_timeout(run: Run, now: datetime, revision: int) -> Run:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class CreatePlan:
+class CreatePlan(NamedTuple):
     """What creating a run on a thread does to the thread's active runs."""
 
     interrupt: tuple[Run, ...]

@@ -15,7 +15,6 @@ import heapq
 import itertools
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 
 from ..domain.clock import MonotonicClock
@@ -94,11 +93,15 @@ class _CreationOrder:
                 yield run_id
 
 
-@dataclass(slots=True)
 class _Thread:
-    runs: _CreationOrder = field(default_factory=_CreationOrder)
-    # Active run ids in creation order (dicts keep insertion order): the FIFO queue.
-    active: dict[str, None] = field(default_factory=dict)
+    """One thread's runs in creation order, and its active ones."""
+
+    __slots__ = ("active", "runs")
+
+    def __init__(self) -> None:
+        self.runs = _CreationOrder()
+        # Active run ids in creation order (dicts keep insertion order): the FIFO queue.
+        self.active: dict[str, None] = {}
 
 
 class InMemoryRunStore:
@@ -237,7 +240,7 @@ class InMemoryRunStore:
             seen_fingerprint, outcome = seen
             if seen_fingerprint != fingerprint:
                 raise RequestIdReused(draft.request_id, outcome.run.run_id)
-            return replace(outcome, replayed=True)
+            return outcome._replace(replayed=True)
         if draft.run_id in self._runs:
             raise RuntimeError(f"run id collision: {draft.run_id}")
 
@@ -320,7 +323,9 @@ class InMemoryRunStore:
     def _insert(self, run: Run) -> None:
         self._runs[run.run_id] = run
         self._order.add(run.create_revision, run.run_id)
-        thread = self._threads.setdefault(run.thread_id, _Thread())
+        thread = self._threads.get(run.thread_id)
+        if thread is None:  # not setdefault: that would build a _Thread on every insert
+            thread = self._threads[run.thread_id] = _Thread()
         thread.runs.add(run.create_revision, run.run_id)
         if run.is_active:
             thread.active[run.run_id] = None
