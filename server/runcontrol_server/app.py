@@ -220,7 +220,7 @@ class RunControlServer:
                 ("grpc.max_receive_message_length", max_receive),
             ],
         )
-        # Not the generated add_RunControlServicer_to_server: WatchRuns yields pre-encoded bytes.
+        # Not the generated add_RunControlServicer_to_server: answers are pre-encoded bytes.
         add_to_server(self._servicer, self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
         reflection.enable_server_reflection(

@@ -1,9 +1,12 @@
 """The change history: a bounded, in-order log of change sets with one wake-up per write.
 
 Writers append and never wait. Readers (watchers, waiters, the janitor) each keep their
-own cursor and ask for what follows it; when they are caught up they await `changed()`,
-one future shared by every reader and resolved once per append, so a write costs the
-same whether one reader or ten thousand are waiting, and a reader that never reads costs
+own cursor and ask for what follows it. A caught-up reader registers a future of its own
+(`add_waiter`, O(1) to add and to remove, e.g. when its stream is cancelled) and awaits
+it; each append (and `wake()`) resolves every registered future once and empties the
+registry, so a reader costs a write nothing unless it is waiting, and a write resolves
+exactly the readers that wait. `changed()` is a future shared by every reader, resolved
+the same way, for readers that prefer `asyncio.wait`. A reader that never reads costs
 the writers nothing. History is bounded by count and by age; a cursor that falls off its
 start gets `RevisionCompacted`.
 """
@@ -39,7 +42,10 @@ class ChangeHistory:
         self._entries: deque[tuple[datetime, ChangeSet]] = deque()
         self._compact_revision = 0  # every revision <= this one has left the history
         self._head = 0
-        self._waiting: asyncio.Future[None] | None = None
+        self._waiting: asyncio.Future[None] | None = None  # the shared `changed()`
+        # Readers' own futures, resolved and forgotten at the next append or wake-up
+        # (a dict: O(1) removal, and readers are woken in the order they started waiting).
+        self._waiters: dict[asyncio.Future[None], None] = {}
         self._listeners: list[Callable[[ChangeSet], None]] = []
 
     @property
@@ -103,6 +109,10 @@ class ChangeHistory:
         """
         if revision <= self._compact_revision:
             raise RevisionCompacted(revision, self._compact_revision)
+        if revision == self._head and (limit is None or limit > 0):
+            # The caught-up reader's read, once per append for each of them: the newest
+            # change set (kept, since `revision` is past the compacted ones).
+            return (self._entries[-1][1],)
         # Revisions are contiguous, one change set each, so the offset is arithmetic.
         start = revision - self._compact_revision - 1
         size = len(self._entries)
@@ -117,16 +127,44 @@ class ChangeHistory:
         return [entry[1] for entry in reversed(list(tail))]
 
     def wake(self) -> None:
-        """Resolve the pending `changed()` future without an append, so every waiting
-        reader looks again (e.g. to notice a shutdown)."""
+        """Resolve every registered waiter and the pending `changed()` future without an
+        append, so every waiting reader looks again (e.g. to notice a shutdown)."""
         waiting, self._waiting = self._waiting, None
         if waiting is not None and not waiting.done():
             waiting.set_result(None)
+        waiters = self._waiters
+        if waiters:
+            self._waiters = {}
+            for waiter in waiters:
+                # A waiter may be done already: cancelled with its reader, or resolved by
+                # the reader's own timer; either way its reader no longer waits here.
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    def add_waiter(self, waiter: asyncio.Future[None]) -> None:
+        """Register `waiter` (a reader's own future) to be resolved at the next append or
+        `wake()`, which also unregisters it.
+
+        The reader must `remove_waiter` it when it stops waiting for another reason
+        (cancelled, timed out, closed): registrations are not otherwise dropped.
+        """
+        self._waiters[waiter] = None
+
+    def remove_waiter(self, waiter: asyncio.Future[None]) -> None:
+        """Unregister `waiter`; a no-op when it is not registered (e.g. already woken)."""
+        self._waiters.pop(waiter, None)
+
+    @property
+    def waiter_count(self) -> int:
+        """Registered waiters (for introspection and tests)."""
+        return len(self._waiters)
 
     def changed(self) -> asyncio.Future[None]:
-        """A future resolved at the next append, shared by all readers.
+        """A future resolved at the next append (or `wake()`), shared by all readers.
 
         Await it with `asyncio.wait` (never cancel it directly): it belongs to everyone.
+        A reader that waits often prefers a future of its own (`add_waiter`), which
+        costs no set, callback or timer per wait.
         """
         if self._waiting is None:
             self._waiting = asyncio.get_running_loop().create_future()

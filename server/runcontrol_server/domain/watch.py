@@ -1,12 +1,18 @@
 """Watching runs: filters, the classification of changes, and cursors into the history.
 
 Shape (after etcd's watchable store and the Kubernetes watch cache): writers append one
-`ChangeSet` per revision to the shared `ChangeHistory` and resolve its one shared
-wake-up future. Each `Watcher` is only a cursor into that history plus a filter: it
-has no task and no queue of its own, so the history *is* every watcher's buffer. A
-watcher that never reads costs the writers nothing and holds nothing but its cursor;
-if it falls so far behind that its cursor leaves the history, it ends with
-`RevisionCompacted` (the client re-lists and watches again).
+`ChangeSet` per revision to the shared `ChangeHistory`, which resolves the wake-up
+future of every reader waiting on it. Each `Watcher` is only a cursor into that history
+plus a filter: it has no task and no queue of its own, so the history *is* every
+watcher's buffer. A watcher that never reads costs the writers nothing and holds nothing
+but its cursor; if it falls so far behind that its cursor leaves the history, it ends
+with `RevisionCompacted` (the client re-lists and watches again).
+
+Per change, a caught-up watcher costs one future of its own (registered with the
+history, resolved by the append) and a shared, cached batch: no set, callback or timer
+per wait. Its progress deadline is one lazily re-armed timer per watcher: it fires at
+most once per `progress_interval` and, when something was delivered meanwhile, only
+re-arms itself, so steady traffic costs it nothing per change.
 
 Nothing here imports grpc or protobuf; the servicer turns batches into messages.
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -134,9 +141,16 @@ class WatchHub:
         self.progress_interval = progress_interval
         self._watchers: set[Watcher] = set()
         self._shutting_down = False
-        # Watchers that share a filter share its classification of each revision:
-        # (revision, filter) -> events, bounded, oldest out first.
-        self._classified: dict[tuple[int, WatchFilter], tuple[WatchEvent, ...]] = {}
+        # Each distinct filter of the open watchers -> [its number, watchers with it].
+        # The number (never reused) stands for the filter in the classification cache,
+        # so the lookup each watcher makes per change hashes and compares ints, not
+        # filters (whose hash and equality are Python code).
+        self._filter_numbers: dict[WatchFilter, list[int]] = {}
+        self._next_number = itertools.count(1)
+        # Watchers that share a filter share its classification of each revision, as
+        # the batch they deliver (None: nothing matches): (revision, filter number) ->
+        # batch, bounded, oldest out first.
+        self._classified: dict[tuple[int, int], WatchBatch | None] = {}
         # Set while no watcher is open (asyncio.Event binds to a loop only when awaited).
         self._idle = asyncio.Event()
         self._idle.set()
@@ -191,9 +205,8 @@ class WatchHub:
         `revision + 1` loses nothing even for a watcher that was behind.
         """
         self._shutting_down = True
-        # Watchers wait on the history's one wake-up future only (a second, never
-        # resolved future would cost O(watchers) per wake-up to detach from), so the
-        # shutdown is delivered through it.
+        # Waiting watchers wait on their own future registered with the history only,
+        # so the shutdown is delivered through the history's wake-up.
         self._history.wake()
 
     async def wait_closed(self) -> None:
@@ -201,17 +214,45 @@ class WatchHub:
         await self._idle.wait()
 
     def classified(
-        self, change_set: ChangeSet, watch_filter: WatchFilter
-    ) -> tuple[WatchEvent, ...]:
-        """`classify_set`, computed once per (revision, filter) for all watchers."""
-        key = (change_set.revision, watch_filter)
-        events = self._classified.get(key)
-        if events is None:
-            events = classify_set(change_set, watch_filter)
-            if len(self._classified) >= CLASSIFY_CACHE_SIZE:
-                del self._classified[next(iter(self._classified))]
-            self._classified[key] = events
-        return events
+        self, change_set: ChangeSet, watch_filter: WatchFilter, filter_number: int
+    ) -> WatchBatch | None:
+        """The batch a watcher with `watch_filter` delivers for `change_set` (None when
+        nothing matches), computed once per (revision, filter) for all watchers: they
+        share the (immutable) batch, so the servicer also encodes it once.
+        `filter_number` is the hub's number for `watch_filter` (`filter_number()`)."""
+        key = (change_set.revision, filter_number)
+        cache = self._classified
+        try:
+            return cache[key]
+        except KeyError:
+            pass
+        events = classify_set(change_set, watch_filter)
+        batch = WatchBatch(change_set.revision, events) if events else None
+        if len(cache) >= CLASSIFY_CACHE_SIZE:
+            del cache[next(iter(cache))]
+        cache[key] = batch
+        return batch
+
+    def filter_number(self, watch_filter: WatchFilter) -> int:
+        """The number standing for `watch_filter` while a watcher uses it: the same for
+        equal filters, never reused for another. Each call must be matched by one
+        `release_filter`."""
+        entry = self._filter_numbers.get(watch_filter)
+        if entry is None:
+            entry = self._filter_numbers[watch_filter] = [next(self._next_number), 0]
+        entry[1] += 1
+        return entry[0]
+
+    def release_filter(self, watch_filter: WatchFilter) -> None:
+        entry = self._filter_numbers[watch_filter]
+        entry[1] -= 1
+        if not entry[1]:
+            del self._filter_numbers[watch_filter]
+
+    @property
+    def filter_count(self) -> int:
+        """Distinct filters of the open watchers (for introspection and tests)."""
+        return len(self._filter_numbers)
 
     def _discard(self, watcher: Watcher) -> None:
         self._watchers.discard(watcher)
@@ -226,6 +267,12 @@ class Watcher:
 
     Ends with RevisionCompacted when its cursor leaves the history, with ShuttingDown
     when the hub shuts down. Not safe for two concurrent readers (one stream, one reader).
+
+    Waiting, it awaits a future of its own registered with the history (resolved by the
+    next append or wake-up, or by its progress timer; unregistered when the wait ends in
+    any way, cancellation included). The progress timer is armed at most once at a time,
+    at the progress deadline, and re-armed from there when something was delivered
+    meanwhile; `close` cancels it.
     """
 
     __slots__ = (
@@ -234,9 +281,12 @@ class Watcher:
         "_closed",
         "_cursor",
         "_filter",
+        "_filter_number",
         "_hub",
         "_last_sent",
         "_time",
+        "_timer",
+        "_waiter",
         "progress_interval",
     )
 
@@ -257,6 +307,12 @@ class Watcher:
         self._chunk_pos = 0
         self._last_sent = self._time()
         self._closed = False
+        # The future the reader awaits while caught up (None when it is not waiting).
+        self._waiter: asyncio.Future[None] | None = None
+        # The progress timer: armed while waiting, at most one (None when not armed).
+        self._timer: asyncio.TimerHandle | None = None
+        # Last: released by `close` (through the hub), so taken once nothing can fail.
+        self._filter_number = hub.filter_number(watch_filter)
 
     @property
     def filter(self) -> WatchFilter:
@@ -277,6 +333,11 @@ class Watcher:
         """Change sets this watcher holds (its current chunk): its whole buffer, at most
         `READ_CHUNK` and never more than the history keeps, shared with everyone."""
         return len(self._chunk)
+
+    @property
+    def timer_armed(self) -> bool:
+        """Whether its progress timer is pending (for introspection and tests)."""
+        return self._timer is not None
 
     def seek(self, revision: int) -> None:
         """Start at `revision` (>= 1) instead of "from now".
@@ -303,10 +364,20 @@ class Watcher:
         self._last_sent = self._time()
 
     def close(self) -> None:
-        """Unregister and drop held references. Idempotent."""
+        """Unregister, cancel the progress timer, wake a waiting reader (it then ends
+        with StopAsyncIteration) and drop held references. Idempotent."""
         if not self._closed:
             self._closed = True
             self._chunk = ()
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            waiter = self._waiter
+            if waiter is not None:
+                self._hub.history.remove_waiter(waiter)
+                if not waiter.done():
+                    waiter.set_result(None)
+            self._hub.release_filter(self._filter)
             self._hub._discard(self)
 
     def __enter__(self) -> Watcher:
@@ -324,30 +395,58 @@ class Watcher:
         return self
 
     async def __anext__(self) -> WatchBatch:
-        history = self._hub.history
+        # Run for every watcher at every change: the hub's fields are read directly.
+        hub = self._hub
+        history = hub._history
         # Each pass either returns, raises, consumes at least one change set, or waits
-        # (bounded by the progress deadline), so the loop always makes progress.
+        # (woken by an append, the hub's shutdown, close, or the progress deadline), so
+        # the loop always makes progress.
         while True:
             if self._closed:
                 raise StopAsyncIteration
-            if self._hub.shutting_down:
+            if hub._shutting_down:
                 raise ShuttingDown(self.revision)
-            batch = self._next_from_chunk()
-            if batch is not None:
-                self._last_sent = self._time()
-                return batch
-            due = self._last_sent + self.progress_interval - self._time()
+            if self._chunk:
+                batch = self._next_from_chunk()
+                if batch is not None:
+                    self._last_sent = self._time()
+                    return batch
+            now = self._time()
+            due = self._last_sent + self.progress_interval - now
             if due <= 0:
-                self._last_sent = self._time()
+                self._last_sent = now
                 return WatchBatch(self.revision, progress_only=True)
             if self._cursor <= history.head_revision:
                 # Raises RevisionCompacted when the cursor has fallen off the history.
                 self._chunk, self._chunk_pos = history.since(self._cursor, READ_CHUNK), 0
                 continue
-            # Caught up: wait for the next append or the hub's shutdown (both resolve the
-            # history's shared future, never cancelled here: asyncio.wait only detaches
-            # its callback), or the progress deadline.
-            await asyncio.wait({history.changed()}, timeout=due)
+            # Caught up: wait on a future of our own, resolved by the next append or the
+            # hub's shutdown (through the history), by close, or by the progress timer.
+            loop = asyncio.get_running_loop()
+            if self._timer is None:
+                self._timer = loop.call_later(due, self._progress_due)
+            waiter = self._waiter = loop.create_future()
+            history.add_waiter(waiter)
+            try:
+                await waiter
+            finally:
+                # Woken by the history: already unregistered. Otherwise (the timer, close,
+                # cancellation of the stream) unregister here, so nothing is left behind.
+                self._waiter = None
+                history.remove_waiter(waiter)
+
+    def _progress_due(self) -> None:
+        """The progress timer fired: re-arm it at the new deadline if something was
+        delivered since it was armed, else wake the waiting reader for a progress batch
+        (a reader that is not waiting sees the deadline passed on its next read)."""
+        self._timer = None
+        if self._closed:
+            return
+        due = self._last_sent + self.progress_interval - self._time()
+        if due > 0:
+            self._timer = asyncio.get_running_loop().call_later(due, self._progress_due)
+        elif self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     def _next_from_chunk(self) -> WatchBatch | None:
         """The next revision in the held chunk with matching events (cursor moves past
@@ -359,8 +458,8 @@ class Watcher:
             if change_set.revision < self._cursor:
                 continue  # defensive: never deliver a revision twice
             self._cursor = change_set.revision + 1
-            events = self._hub.classified(change_set, self._filter)
-            if events:
-                return WatchBatch(change_set.revision, events)
+            batch = self._hub.classified(change_set, self._filter, self._filter_number)
+            if batch is not None:
+                return batch
         self._chunk, self._chunk_pos = (), 0
         return None

@@ -7,13 +7,16 @@ encoded once per revision (`wire.RecordCache`), shared with every unary answer, 
 revision with one event (the usual case) is one shared response. WatchRuns is
 therefore registered with a pass-through response serializer (`wire.add_to_server`);
 clients see ordinary `WatchRunsResponse` messages.
+
+The handler is a coroutine writing with `context.write` (grpc.aio's writer API for a
+server stream), not an async generator: no generator to step per message.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import AsyncGenerator, Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, NoReturn
 
 import grpc
 
@@ -22,7 +25,7 @@ from runcontrol.v1 import run_pb2
 
 from ..domain.manager import RunManager
 from ..domain.model import Run
-from ..domain.watch import EventType, WatchBatch, WatchEvent, WatchFilter
+from ..domain.watch import EventType, WatchBatch, Watcher, WatchEvent, WatchFilter
 from . import validation
 from .convert import STATUS_FROM_PROTO, STATUS_TO_PROTO
 from .errors import mapped_errors
@@ -105,8 +108,10 @@ class EventEncoder:
     least recently used out first.
 
     Shared by every stream of one servicer: ten thousand watchers that see one change
-    the same way cost one serialization, and each of them a dict lookup. The runs
-    inside come from the servicer's `RecordCache`.
+    the same way cost one serialization, and each of them a dict lookup, or less: the
+    watchers of one filter deliver the very same batch object (the hub shares it), one
+    after another, so the last batch encoded is recognized by identity. The runs inside
+    come from the servicer's `RecordCache`.
     """
 
     def __init__(
@@ -120,6 +125,10 @@ class EventEncoder:
         self._max_bytes = max_bytes
         self._bytes = 0
         self._cache: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        # The last event batch encoded (held, so its identity cannot be reused) and its
+        # message.
+        self._last_batch: WatchBatch | None = None
+        self._last_data = b""
 
     def __len__(self) -> int:
         return len(self._cache)
@@ -143,6 +152,8 @@ class EventEncoder:
         return encode_event(event.type, change.run, prev, event.revision, self._records)
 
     def encode_batch(self, batch: WatchBatch) -> bytes:
+        if batch is self._last_batch:
+            return self._last_data
         events = batch.events
         if not events or batch.end_of_initial_set or batch.progress_only:
             return encode_response(
@@ -161,13 +172,14 @@ class EventEncoder:
         data = cache.get(key)
         if data is not None:
             cache.move_to_end(key)
-            return data
-        data = encode_response(batch.revision, map(self._encode_event, events))
-        cache[key] = data
-        self._bytes += len(data)
-        while len(cache) > self._max_entries or (self._bytes > self._max_bytes and cache):
-            _, dropped = cache.popitem(last=False)
-            self._bytes -= len(dropped)
+        else:
+            data = encode_response(batch.revision, map(self._encode_event, events))
+            cache[key] = data
+            self._bytes += len(data)
+            while len(cache) > self._max_entries or (self._bytes > self._max_bytes and cache):
+                _, dropped = cache.popitem(last=False)
+                self._bytes -= len(dropped)
+        self._last_batch, self._last_data = batch, data
         return data
 
 
@@ -185,14 +197,17 @@ async def watch_runs(
     manager: RunManager,
     limits: Limits,
     encoder: EventEncoder,
-) -> AsyncGenerator[bytes, None]:
-    """The WatchRuns stream, as serialized `WatchRunsResponse` messages.
+) -> None:
+    """The WatchRuns stream: writes serialized `WatchRunsResponse` messages to `context`.
 
-    Every failure (bad input, REVISION_COMPACTED, LIMIT_EXCEEDED, SHUTTING_DOWN) ends
-    the stream through the one error table; the watcher is unregistered on any exit,
-    cancellation included.
+    Every failure of the request or of the watch (bad input, REVISION_COMPACTED,
+    LIMIT_EXCEEDED, SHUTTING_DOWN, anything unexpected) ends the stream through the one
+    error table, once the watcher is unregistered; the watcher is unregistered on any
+    exit, cancellation included. Failures of a write itself (the client went away, the
+    server stopped) and cancellation are grpc's own and pass through unmapped, as when
+    grpc wrote what a generator yielded.
     """
-    async with mapped_errors(context):
+    try:
         validation.validate_watch_runs(request, limits)
         watch_filter = watch_filter_of(request)
         interval = (
@@ -201,25 +216,81 @@ async def watch_runs(
             else 0.0
         )
         # Registered first: the limit is checked before any work is done for the stream.
-        with manager.watch_hub.watch(watch_filter, progress_interval=interval or None) as watcher:
-            if request.send_initial:
-                runs, revision = await manager.store.snapshot(
-                    watch_filter.thread_id, watch_filter.run_ids
-                )
-                # Stream from right after the snapshot: together, one consistent view.
-                watcher.seek(revision + 1)
-                for message in _initial_messages(runs, revision, watch_filter, encoder.records):
-                    yield message
-                watcher.mark_sent()
-            elif request.start_revision:
-                watcher.seek(request.start_revision)
-            async for batch in watcher:
-                yield encoder.encode_batch(batch)
+        watcher = manager.watch_hub.watch(watch_filter, progress_interval=interval or None)
+    except Exception as error:
+        await _fail(context, error)
+    with watcher:
+        failure = await _start(request, context, manager, encoder, watcher)
+        if failure is None:
+            # The hot loop, per change: the batch shared by every watcher of this filter,
+            # its once-encoded message, the write. Only the write is outside the `try`:
+            # its failures, like cancellation, propagate unmapped.
+            encode = encoder.encode_batch
+            next_batch = watcher.__anext__
+            write = context.write
+            while True:
+                try:
+                    message = encode(await next_batch())
+                except StopAsyncIteration:
+                    break
+                except Exception as error:
+                    failure = error
+                    break
+                await write(message)
+    # Answered once the watcher is unregistered.
+    if failure is not None:
+        await _fail(context, failure)
+
+
+async def _start(
+    request: pb.WatchRunsRequest,
+    context: _Context,
+    manager: RunManager,
+    encoder: EventEncoder,
+    watcher: Watcher,
+) -> Exception | None:
+    """Position the watcher as the request asks and write the initial set if asked for.
+
+    Returns the failure to answer (None: go on streaming). Only the writes are outside
+    the `try`s: their failures, like cancellation, propagate unmapped.
+    """
+    initial: Iterator[bytes] | None = None
+    try:
+        if request.send_initial:
+            watch_filter = watcher.filter
+            runs, revision = await manager.store.snapshot(
+                watch_filter.thread_id, watch_filter.run_ids
+            )
+            # Stream from right after the snapshot: together, one consistent view.
+            watcher.seek(revision + 1)
+            initial = _initial_messages(runs, revision, watch_filter, encoder.records)
+        elif request.start_revision:
+            watcher.seek(request.start_revision)
+    except Exception as error:
+        return error
+    if initial is not None:
+        while True:
+            try:
+                message = next(initial, None)  # encoded lazily, one message per write
+            except Exception as error:
+                return error
+            if message is None:
+                break
+            await context.write(message)
+        watcher.mark_sent()
+    return None
+
+
+async def _fail(context: _Context, error: Exception) -> NoReturn:
+    """Answer `error` through the one error table (`mapped_errors`), then re-raise."""
+    async with mapped_errors(context):
+        raise error
+    raise AssertionError("unreachable: mapped_errors aborts or re-raises")  # pragma: no cover
 
 
 def _initial_messages(
     runs: Iterable[Run], revision: int, watch_filter: WatchFilter, records: RecordCache
-) -> Iterable[bytes]:
+) -> Iterator[bytes]:
     """The initial set as ADDED events at `revision`, chunked, then the end marker."""
     chunk: list[bytes] = []
     for run in runs:
