@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from typing import Any
 
 import pytest
+from _streams import until
 
 from runcontrol import (
     AsyncClient,
@@ -24,15 +24,6 @@ from runcontrol.testing import InProcessServer
 async def client(server: InProcessServer) -> Any:
     async with AsyncClient(server.address) as connected:
         yield connected
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for server-side state no event announces (e.g. a call registered)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
 
 
 async def test_handle_watch_sees_only_its_own_run(

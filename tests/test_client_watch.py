@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
 import pytest
+from _streams import until
 
 from runcontrol import (
     AsyncClient,
@@ -49,15 +50,6 @@ def free_port() -> int:
         probe.bind(("127.0.0.1", 0))
         port: int = probe.getsockname()[1]
         return port
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for state no event announces (a stream registered, a revision seen)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
 
 
 async def drain(

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
+from _streams import until as until_settled
 from google.protobuf.duration_pb2 import Duration
 
 from runcontrol.testing import serve_in_process
@@ -32,12 +33,7 @@ SETTLE_TIMEOUT = 20.0
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for background work that announces nothing (the janitor's rounds)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
+    await until_settled(condition, what, within=SETTLE_TIMEOUT)
 
 
 class FakeTime:

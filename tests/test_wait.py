@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from _streams import until
 from google.protobuf.duration_pb2 import Duration
 
 from runcontrol.testing import InProcessServer
@@ -18,15 +19,6 @@ if TYPE_CHECKING:
     from runcontrol.v1.run_control_pb2_grpc import RunControlAsyncStub as Stub
 
 SETTLE_TIMEOUT = 10.0
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for server-side state no event announces (e.g. a call registered)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
 
 
 async def create(stub: Stub, thread_id: str, **fields: object) -> run_pb2.RunRecord:

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from _streams import until as until_settled
+
 from runcontrol.testing import serve_in_process
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_pb2
@@ -16,12 +18,7 @@ SETTLE_TIMEOUT = 30.0
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for server-side state no event announces."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.01)
+    await until_settled(condition, what, within=SETTLE_TIMEOUT)
 
 
 def new_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:

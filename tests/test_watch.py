@@ -8,6 +8,7 @@ from typing import Any
 
 import grpc
 import pytest
+from _streams import open_watch, read
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
@@ -34,23 +35,6 @@ PENDING, RUNNING, SUCCESS = (
 )
 UNSPECIFIED = run_pb2.RUN_STATUS_UNSPECIFIED
 Stream = Any  # grpc.aio.UnaryStreamCall[WatchRunsRequest, WatchRunsResponse]
-
-
-async def read(call: Stream) -> pb.WatchRunsResponse:
-    """The next message; fails the test instead of hanging."""
-    async with asyncio.timeout(5):
-        message = await call.read()
-    assert message is not grpc.aio.EOF, "stream ended"
-    assert isinstance(message, pb.WatchRunsResponse)
-    return message
-
-
-async def open_watch(stub: Any, **fields: Any) -> Stream:
-    """Open a stream and wait until the server has registered it (end of initial set)."""
-    call = stub.WatchRuns(pb.WatchRunsRequest(send_initial=True, **fields))
-    while not (await read(call)).end_of_initial_set:
-        pass
-    return call
 
 
 async def read_until(call: Stream, revision: int) -> list[pb.WatchRunsResponse]:

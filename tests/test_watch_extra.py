@@ -16,12 +16,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
+from _streams import read, until
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
@@ -42,23 +42,6 @@ MAX_MESSAGES = 10_000
 WATCH_MODULES = ("runcontrol_server/domain/watch.py", "runcontrol_server/servicer/watch.py")
 WATCH_FRAMES = 12
 Stream = Any  # grpc.aio.UnaryStreamCall[WatchRunsRequest, WatchRunsResponse]
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for server-side state no event announces (e.g. a call registered)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + SETTLE_TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
-
-
-async def read(call: Stream) -> pb.WatchRunsResponse:
-    async with asyncio.timeout(CALL_TIMEOUT):
-        message = await call.read()
-    assert message is not grpc.aio.EOF, "stream ended"
-    assert isinstance(message, pb.WatchRunsResponse)
-    return message
 
 
 async def read_to_error(call: Stream) -> None:

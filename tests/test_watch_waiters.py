@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import grpc
 import pytest
+from _streams import open_watch, read, until
 from google.protobuf.duration_pb2 import Duration
 
 from runcontrol.errors import from_grpc_error
@@ -24,31 +24,6 @@ Stream = Any  # grpc.aio.UnaryStreamCall[WatchRunsRequest, WatchRunsResponse]
 CALL_TIMEOUT = 5.0
 INTERRUPT = run_pb2.MULTITASK_STRATEGY_INTERRUPT
 RUNNING = run_pb2.RUN_STATUS_RUNNING
-
-
-async def read(call: Stream) -> pb.WatchRunsResponse:
-    async with asyncio.timeout(CALL_TIMEOUT):
-        message = await call.read()
-    assert message is not grpc.aio.EOF, "stream ended"
-    assert isinstance(message, pb.WatchRunsResponse)
-    return message
-
-
-async def open_watch(stub: Any, **fields: Any) -> Stream:
-    """Open a stream and wait until the server has registered it (end of initial set)."""
-    call = stub.WatchRuns(pb.WatchRunsRequest(send_initial=True, **fields))
-    while not (await read(call)).end_of_initial_set:
-        pass
-    return call
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for server-side state no message announces (e.g. handlers waiting)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CALL_TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
 
 
 async def test_cancelled_waiting_streams_leave_no_waiter_timer_or_filter_behind(
