@@ -203,7 +203,7 @@ async def test_limit_and_close_free_the_slot() -> None:
     assert hub.count == 0
 
 
-async def test_cancelled_reader_unregisters_and_leaves_shared_future_intact() -> None:
+async def test_cancelled_reader_unregisters_and_leaves_other_waiters_intact() -> None:
     log = Log()
     hub = WatchHub(log.history)
 
@@ -215,12 +215,16 @@ async def test_cancelled_reader_unregisters_and_leaves_shared_future_intact() ->
     task = asyncio.ensure_future(consume())
     await asyncio.sleep(0)
     assert hub.count == 1
-    shared = log.history.changed()
+    other = asyncio.get_running_loop().create_future()
+    log.history.add_waiter(other)
+    assert log.history.waiter_count == 2
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert hub.count == 0
-    assert not shared.cancelled()
+    assert log.history.waiter_count == 1  # only the other reader's registration is left
+    assert not other.done()
+    log.history.remove_waiter(other)
     async with asyncio.timeout(1):
         await hub.wait_closed()
 

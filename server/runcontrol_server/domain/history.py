@@ -1,14 +1,14 @@
 """The change history: a bounded, in-order log of change sets with one wake-up per write.
 
-Writers append and never wait. Readers (watchers, waiters, the janitor) each keep their
-own cursor and ask for what follows it. A caught-up reader registers a future of its own
-(`add_waiter`, O(1) to add and to remove, e.g. when its stream is cancelled) and awaits
-it; each append (and `wake()`) resolves every registered future once and empties the
-registry, so a reader costs a write nothing unless it is waiting, and a write resolves
-exactly the readers that wait. `changed()` is a future shared by every reader, resolved
-the same way, for readers that prefer `asyncio.wait`. A reader that never reads costs
-the writers nothing. History is bounded by count and by age; a cursor that falls off its
-start gets `RevisionCompacted`.
+Writers append and never wait. Readers (watchers) each keep their own cursor and ask for
+what follows it. A caught-up reader registers a future of its own (`add_waiter`, O(1) to
+add and to remove, e.g. when its stream is cancelled) and awaits it; each append (and
+`wake()`) resolves every registered future once and empties the registry, so a reader
+costs a write nothing unless it is waiting, and a write resolves exactly the readers
+that wait. A reader that never reads costs the writers nothing. History is bounded by
+count and by age; a cursor that falls off its start gets `RevisionCompacted`. In-process
+bookkeeping that must see every change at once (WaitRun's waiters, the janitor) uses
+listeners instead (`add_listener`).
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class ChangeHistory:
         self._entries: deque[tuple[datetime, ChangeSet]] = deque()
         self._compact_revision = 0  # every revision <= this one has left the history
         self._head = 0
-        self._waiting: asyncio.Future[None] | None = None  # the shared `changed()`
         # Readers' own futures, resolved and forgotten at the next append or wake-up
         # (a dict: O(1) removal, and readers are woken in the order they started waiting).
         self._waiters: dict[asyncio.Future[None], None] = {}
@@ -127,11 +126,8 @@ class ChangeHistory:
         return [entry[1] for entry in reversed(list(tail))]
 
     def wake(self) -> None:
-        """Resolve every registered waiter and the pending `changed()` future without an
-        append, so every waiting reader looks again (e.g. to notice a shutdown)."""
-        waiting, self._waiting = self._waiting, None
-        if waiting is not None and not waiting.done():
-            waiting.set_result(None)
+        """Resolve every registered waiter without an append, so every waiting reader
+        looks again (e.g. to notice a shutdown)."""
         waiters = self._waiters
         if waiters:
             self._waiters = {}
@@ -158,17 +154,6 @@ class ChangeHistory:
     def waiter_count(self) -> int:
         """Registered waiters (for introspection and tests)."""
         return len(self._waiters)
-
-    def changed(self) -> asyncio.Future[None]:
-        """A future resolved at the next append (or `wake()`), shared by all readers.
-
-        Await it with `asyncio.wait` (never cancel it directly): it belongs to everyone.
-        A reader that waits often prefers a future of its own (`add_waiter`), which
-        costs no set, callback or timer per wait.
-        """
-        if self._waiting is None:
-            self._waiting = asyncio.get_running_loop().create_future()
-        return self._waiting
 
     def _drop_oldest(self) -> None:
         _, dropped = self._entries.popleft()
