@@ -88,9 +88,18 @@ def tag(field_number: int, wire_type: int) -> bytes:
     return varint(field_number << 3 | wire_type)
 
 
+def _length(size: int) -> bytes:
+    """A length prefix: nearly all are below 128, one table lookup."""
+    return _SMALL[size] if size < 0x80 else varint(size)
+
+
+def _bytes_field(field_tag: bytes, data: bytes) -> bytes:
+    """A length-delimited field (string, bytes or sub-message)."""
+    return field_tag + _length(len(data)) + data
+
+
 def _string(field_tag: bytes, value: str) -> bytes:
-    data = value.encode()
-    return field_tag + varint(len(data)) + data
+    return _bytes_field(field_tag, value.encode())
 
 
 def _timestamp_body(value: datetime) -> bytes:
@@ -159,9 +168,6 @@ def encode_record(run: Run) -> bytes:
     On the path of every write, so written flat: one tuple joined once, lengths below
     128 (nearly all) from a table instead of a `varint` call.
     """
-    small = _SMALL
-    run_id = run.run_id.encode()
-    thread_id = run.thread_id.encode()
     metadata = struct_bytes(run.metadata_json)
     kwargs = struct_bytes(run.kwargs_json)
     created = _timestamp_body(run.created_at)
@@ -172,32 +178,26 @@ def encode_record(run: Run) -> bytes:
     mod_revision = run.mod_revision
     return b"".join(
         (
-            _R_RUN_ID + _length(len(run_id), small) + run_id if run_id else b"",
-            _R_THREAD_ID + _length(len(thread_id), small) + thread_id if thread_id else b"",
+            _string(_R_RUN_ID, run.run_id) if run.run_id else b"",
+            _string(_R_THREAD_ID, run.thread_id) if run.thread_id else b"",
             b"" if run.assistant_id is None else _string(_R_ASSISTANT_ID, run.assistant_id),
             _STATUS_FIELD[run.status],
             _DISCONNECT_FIELD[run.on_disconnect],
             _STRATEGY_FIELD[run.multitask_strategy],
-            _R_METADATA + _length(len(metadata), small) + metadata if metadata else b"",
-            _R_KWARGS + _length(len(kwargs), small) + kwargs if kwargs else b"",
-            _R_CREATED_AT + small[len(created)] + created,  # a Timestamp is < 128 bytes
-            _R_UPDATED_AT + small[len(updated)] + updated,
+            _bytes_field(_R_METADATA, metadata) if metadata else b"",
+            _bytes_field(_R_KWARGS, kwargs) if kwargs else b"",
+            _bytes_field(_R_CREATED_AT, created),
+            _bytes_field(_R_UPDATED_AT, updated),
             b"" if run.error is None else _string(_R_ERROR, run.error),
             _CANCEL_ACTION_FIELD[run.cancel_action],
             b"" if run.cancel_reason is None else _string(_R_CANCEL_REASON, run.cancel_reason),
             b"" if run.worker_id is None else _string(_R_WORKER_ID, run.worker_id),
-            b""
-            if deadline is None
-            else _R_DEADLINE + small[len(body := _timestamp_body(deadline))] + body,
+            b"" if deadline is None else _bytes_field(_R_DEADLINE, _timestamp_body(deadline)),
             _R_CREATE_REVISION + varint(create_revision) if create_revision else b"",
             _R_MOD_REVISION + varint(mod_revision) if mod_revision else b"",
             b"" if run.request_id is None else _string(_R_REQUEST_ID, run.request_id),
         )
     )
-
-
-def _length(size: int, small: list[bytes]) -> bytes:
-    return small[size] if size < 0x80 else varint(size)
 
 
 class RecordCache:
@@ -262,11 +262,6 @@ _F2_VARINT = tag(2, 0)
 _F3_VARINT = tag(3, 0)
 _F4_TRUE = tag(4, 0) + b"\x01"
 _F2_TRUE = _F2_VARINT + b"\x01"
-
-
-def message_field(field_tag: bytes, data: bytes) -> bytes:
-    """A length-delimited field (sub-message, always written: presence is set)."""
-    return field_tag + varint(len(data)) + data
 
 
 def get_run_response(record: bytes) -> bytes:
