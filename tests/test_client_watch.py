@@ -200,7 +200,9 @@ async def test_watch_that_fell_off_history_resyncs_with_the_complete_set() -> No
         await manager.cancel_run(created[3].run.run_id)  # 12: leaves the matching set
         await manager.set_status(kept.run_id, domain.RunStatus.RUNNING, worker_id="w")  # 13
         await manager.set_status(kept.run_id, domain.RunStatus.SUCCESS, worker_id="w")  # 14
-        assert manager.store.history.compact_revision > 2
+        await until(
+            lambda: manager.feed.history.compact_revision > 2, "the feed cache dropped 1..2"
+        )
 
         async with asyncio.timeout(10):
             resynced = await anext(watch)

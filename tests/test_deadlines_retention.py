@@ -25,6 +25,7 @@ from runcontrol_server.domain import (
     RunManager,
     RunStatus,
 )
+from runcontrol_server.domain.feed import FeedCache
 from runcontrol_server.domain.janitor import Janitor
 from runcontrol_server.domain.model import Run
 from runcontrol_server.stores.memory import InMemoryRunStore
@@ -46,11 +47,11 @@ class FakeTime:
         return self.now
 
 
-def changes_of(store: InMemoryRunStore, since: int) -> list[Change]:
-    return [change for cs in store.history.since(since) for change in cs.changes]
+def changes_of(manager: RunManager, since: int) -> list[Change]:
+    return [change for cs in manager.feed.history.since(since) for change in cs.changes]
 
 
-def on_change(store: InMemoryRunStore, match: Callable[[Change], bool]) -> asyncio.Event:
+def on_change(manager: RunManager, match: Callable[[Change], bool]) -> asyncio.Event:
     """An event set by the first change that matches (listeners see every change)."""
     seen = asyncio.Event()
 
@@ -58,7 +59,7 @@ def on_change(store: InMemoryRunStore, match: Callable[[Change], bool]) -> async
         if any(match(change) for change in change_set.changes):
             seen.set()
 
-    store.history.add_listener(listener)
+    manager.feed.history.add_listener(listener)
     return seen
 
 
@@ -79,9 +80,7 @@ async def test_a_run_past_its_deadline_becomes_timeout_with_its_event() -> None:
         assert waited.run.status == run_pb2.RUN_STATUS_TIMEOUT
         assert waited.run.deadline == run.deadline
         assert waited.run.updated_at.ToDatetime() >= run.deadline.ToDatetime()
-        store = server.manager.store
-        assert isinstance(store, InMemoryRunStore)
-        (change,) = changes_of(store, run.create_revision + 1)
+        (change,) = changes_of(server.manager, run.create_revision + 1)
         assert (change.kind, change.run.status, change.prev_status) == (
             ChangeKind.UPDATED,
             RunStatus.TIMEOUT,
@@ -127,7 +126,7 @@ async def test_a_run_finished_before_its_deadline_is_untouched() -> None:
 async def test_retention_deletes_finished_runs_and_frees_their_request_id() -> None:
     store = InMemoryRunStore()
     manager = RunManager(store, retention=timedelta(milliseconds=100))
-    deleted = on_change(store, lambda c: c.kind is ChangeKind.DELETED)
+    deleted = on_change(manager, lambda c: c.kind is ChangeKind.DELETED)
     async with serve_in_process(manager=manager) as server:
         stub = server.stub
         first = (await stub.CreateRun(pb.CreateRunRequest(thread_id="t1", request_id="r1"))).run
@@ -135,7 +134,7 @@ async def test_retention_deletes_finished_runs_and_frees_their_request_id() -> N
         await stub.CancelRun(pb.CancelRunRequest(run_id=first.run_id))
         await asyncio.wait_for(deleted.wait(), SETTLE_TIMEOUT)
 
-        (change,) = [c for c in changes_of(store, 1) if c.kind is ChangeKind.DELETED]
+        (change,) = [c for c in changes_of(manager, 1) if c.kind is ChangeKind.DELETED]
         assert change.run.run_id == first.run_id
         assert change.prev_status is RunStatus.INTERRUPTED
         with pytest.raises(grpc.aio.AioRpcError) as missing:
@@ -234,7 +233,7 @@ async def test_an_earlier_deadline_wakes_the_sleeping_janitor() -> None:
     await manager.start()
     try:
         await until(lambda: manager.janitor.rounds >= 1, "the first round ran")
-        timed_out = on_change(store, lambda c: c.run.status is RunStatus.TIMEOUT)
+        timed_out = on_change(manager, lambda c: c.run.status is RunStatus.TIMEOUT)
         await manager.create_run("t1", run_timeout=timedelta(milliseconds=20))
         # Without the poke it would sleep for an hour.
         await asyncio.wait_for(timed_out.wait(), SETTLE_TIMEOUT)
@@ -258,7 +257,7 @@ async def test_a_failing_round_is_logged_and_the_loop_goes_on(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     store = _FailingOnceStore()
-    janitor = Janitor(store, error_backoff=0.01)
+    janitor = Janitor(store, FeedCache(store), error_backoff=0.01)
     with caplog.at_level(logging.ERROR, logger="runcontrol_server.domain.janitor"):
         janitor.start()
         try:
@@ -271,7 +270,8 @@ async def test_a_failing_round_is_logged_and_the_loop_goes_on(
 
 
 async def test_start_and_stop_are_idempotent_and_leave_no_task() -> None:
-    janitor = Janitor(InMemoryRunStore())
+    store = InMemoryRunStore()
+    janitor = Janitor(store, FeedCache(store))
     await janitor.stop()  # before start: nothing to do
     janitor.start()
     janitor.start()

@@ -34,7 +34,7 @@ def new_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
 async def test_10k_cancelled_waits_leave_nothing_behind() -> None:
     async with serve_in_process() as server:
         stub, manager = server.stub, server.manager
-        waiters, history = manager.waiters, manager.store.history
+        waiters, history = manager.waiters, manager.feed.history
         # CONTINUE runs: attached waits going away take the detach path without
         # cancelling anything, so history must not move at all.
         runs = [

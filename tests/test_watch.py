@@ -220,8 +220,8 @@ async def test_slow_consumer_that_falls_off_history_ends_with_compacted(
     error = await stream_error(call)
     assert error.code == grpc.StatusCode.OUT_OF_RANGE
     assert error.reason == "REVISION_COMPACTED"
-    assert error.metadata == {"compact_revision": str(tiny.manager.store.history.compact_revision)}
-    assert tiny.manager.store.history.compact_revision == 7
+    assert error.metadata == {"compact_revision": str(tiny.manager.feed.history.compact_revision)}
+    assert tiny.manager.feed.history.compact_revision == 7
 
 
 # --- filters ------------------------------------------------------------------------------

@@ -29,7 +29,7 @@ async def test_ten_thousand_cancelled_watches_leave_nothing_behind(
     server: InProcessServer,
 ) -> None:
     hub = server.manager.watch_hub
-    history = server.manager.store.history
+    history = server.manager.feed.history
     await server.stub.CreateRun(pb.CreateRunRequest(thread_id="t1"))
     await open_and_cancel(server.stub)  # warm up the channel and the server
     async with asyncio.timeout(10):

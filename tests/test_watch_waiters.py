@@ -30,7 +30,7 @@ async def test_cancelled_waiting_streams_leave_no_waiter_timer_or_filter_behind(
     server: InProcessServer,
 ) -> None:
     hub = server.manager.watch_hub
-    history = server.manager.store.history
+    history = server.manager.feed.history
     calls = [await open_watch(server.stub, thread_id=f"t{i % 3}") for i in range(60)]
     await until(lambda: history.waiter_count == 60, "every stream waits for a change")
     assert hub.filter_count == 3
@@ -126,7 +126,7 @@ async def test_unexpected_failure_while_streaming_is_internal_and_frees_the_watc
     assert "secret" not in (raised.value.details() or "")
     assert "unexpected error in RPC handler" in caplog.text
     assert server.manager.watch_hub.count == 0
-    assert server.manager.store.history.waiter_count == 0
+    assert server.manager.feed.history.waiter_count == 0
 
 
 async def test_shutdown_while_streams_wait_ends_each_with_its_resume_revision(
@@ -136,7 +136,7 @@ async def test_shutdown_while_streams_wait_ends_each_with_its_resume_revision(
     await server.stub.CreateRun(pb.CreateRunRequest(thread_id="t1"))
     for call in calls:
         assert (await read(call)).revision == 1
-    history = server.manager.store.history
+    history = server.manager.feed.history
     await until(lambda: history.waiter_count == 10, "every stream waits again")
     await server.manager.begin_shutdown()
     for call in calls:

@@ -99,7 +99,7 @@ def a_run(**changes: Any) -> Run:
         create_revision=7,
         mod_revision=7,
     )
-    return run.evolve(**changes)
+    return run._replace(**changes)
 
 
 # --- records ------------------------------------------------------------------------------
@@ -148,7 +148,7 @@ def test_record_cache_encodes_once_per_revision_and_changes_with_the_run() -> No
     run = a_run()
     first = cache.encode(run)
     assert cache.encode(run) is first  # the same revision: the cached bytes
-    changed = run.evolve(status=RunStatus.RUNNING, worker_id="w", mod_revision=8)
+    changed = run._replace(status=RunStatus.RUNNING, worker_id="w", mod_revision=8)
     second = cache.encode(changed)
     assert second != first
     assert second == run_to_proto(changed).SerializeToString()

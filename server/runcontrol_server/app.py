@@ -64,18 +64,19 @@ def configure_logging(settings: Settings) -> None:
 
 def build_manager(settings: Settings, store: RunStore | None = None) -> RunManager:
     """The manager over `store` (default: the configured in-memory store)."""
+    history_max_age = (
+        timedelta(seconds=settings.history_max_age) if settings.history_max_age else None
+    )
     if store is None:
         store = InMemoryRunStore(
-            history_limit=settings.history_size,
-            history_max_age=(
-                timedelta(seconds=settings.history_max_age) if settings.history_max_age else None
-            ),
+            history_limit=settings.history_size, history_max_age=history_max_age
         )
     return RunManager(
         store,
         retention=retention_of(settings),
         max_watchers=settings.max_watchers,
         progress_interval=settings.progress_interval,
+        history_size=settings.history_size,
     )
 
 
@@ -253,7 +254,7 @@ class RunControlServer:
             raise ListenError(f"cannot listen on {self._settings.listen}: {exc}") from exc
         for service in ("", RUN_CONTROL_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        await self._manager.start()  # the janitor: deadlines and retention
+        await self._manager.start()  # the feed reader and the janitor
         await self._server.start()
         self._address = f"{host}:{port}"
         log.info("serving %s on %s", RUN_CONTROL_SERVICE, self._address)

@@ -105,7 +105,7 @@ async def test_interrupt_and_rollback(
         assert await manager.get_run(run.run_id) == run
     assert (await manager.has_inflight("t1")).run_ids == (new.run_id,)
     # One revision, one change set: the two interrupts and the create.
-    (change_set,) = await store.changes_since(new.create_revision)
+    (change_set,) = await store.read_changes(new.create_revision - 1, 10)
     assert [c.kind for c in change_set.changes] == [
         ChangeKind.UPDATED,
         ChangeKind.UPDATED,
@@ -239,7 +239,7 @@ async def test_delete(manager: RunManager, store: RunStore) -> None:
     with pytest.raises(RunNotFound):
         await manager.get_run(run.run_id)
     assert (await manager.list_runs(ListQuery(thread_id="t1"))).runs == ()
-    (change_set,) = await store.changes_since(deleted.revision)
+    (change_set,) = await store.read_changes(deleted.revision - 1, 10)
     assert change_set.changes[0].kind is ChangeKind.DELETED
 
 
@@ -282,15 +282,35 @@ async def test_list_order_filters_and_pages(manager: RunManager) -> None:
     assert exact.next_cursor is None  # no empty trailing page
 
 
-async def test_changes_since_and_compaction(manager: RunManager, store: RunStore) -> None:
+async def test_change_feed_reads_in_bounded_batches_and_compacts(
+    manager: RunManager, store: RunStore
+) -> None:
     for i in range(70):  # the contract fixtures keep 64 change sets
         await manager.create_run(f"t{i}")
     head = await manager.revision()
-    kept = await store.changes_since(head - 5)
+    kept = await store.read_changes(head - 6, 1000)
     assert [c.revision for c in kept] == list(range(head - 5, head + 1))
-    assert await store.changes_since(head + 1) == []
+    assert [c.revision for c in await store.read_changes(head - 6, 2)] == [head - 5, head - 4]
+    assert await store.read_changes(head, 1000) == []
+    await store.compact_changes()
+    bounds = await store.feed_bounds()
+    assert bounds.head_revision == head
+    assert 1 <= bounds.compact_revision <= head - 64
     with pytest.raises(RevisionCompacted) as info:
-        await store.changes_since(1)
-    assert info.value.compact_revision >= 1
-    oldest = info.value.compact_revision + 1
-    assert (await store.changes_since(oldest))[0].revision == oldest
+        await store.read_changes(0, 1000)
+    assert info.value.compact_revision == bounds.compact_revision
+    oldest = bounds.compact_revision + 1
+    assert (await store.read_changes(oldest - 1, 1))[0].revision == oldest
+
+
+async def test_wait_for_changes_wakes_on_a_commit(manager: RunManager, store: RunStore) -> None:
+    head = await manager.revision()
+    # No wait: the bounds as they are.
+    assert (await store.wait_for_changes(head, 0)).head_revision == head
+    waiting = asyncio.ensure_future(store.wait_for_changes(head, 30))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    await manager.create_run("t1")
+    assert (await waiting).head_revision == head + 1
+    # Already beyond: answered at once.
+    assert (await store.wait_for_changes(head, 30)).head_revision == head + 1

@@ -66,7 +66,7 @@ async def test_expire_due_publishes_a_timeout_event_with_the_previous_status(
     assert pending.deadline is not None
     expired = await store.expire_due(pending.deadline + timedelta(seconds=5), 100)
 
-    change_sets = await store.changes_since(before + 1)
+    change_sets = await store.read_changes(before, 1000)
     assert [cs.revision for cs in change_sets] == [before + 1, before + 2]
     changes = [change for cs in change_sets for change in cs.changes]
     assert [(c.kind, c.run, c.prev_status) for c in changes] == [
@@ -79,7 +79,7 @@ async def test_expire_due_respects_its_limit(manager: RunManager, store: RunStor
     runs = [
         (await manager.create_run(f"t{i}", run_timeout=timedelta(seconds=1))).run for i in range(5)
     ]
-    now = store.now() + timedelta(seconds=10)
+    now = (await store.now()) + timedelta(seconds=10)
     first = await store.expire_due(now, 2)
     rest = await store.expire_due(now, 100)
     assert (len(first), len(rest)) == (2, 3)
@@ -136,7 +136,7 @@ async def test_purge_finished_deletes_only_runs_finished_before_the_cutoff(
 
     assert purged == [old_done]
     assert await store.revision() == before + 1
-    (change_set,) = await store.changes_since(before + 1)
+    (change_set,) = await store.read_changes(before, 1000)
     assert [(c.kind, c.run, c.prev_status) for c in change_set.changes] == [
         (ChangeKind.DELETED, old_done, RunStatus.ERROR)
     ]
@@ -149,7 +149,7 @@ async def test_purge_finished_deletes_only_runs_finished_before_the_cutoff(
     assert not again.replayed and again.run.run_id != old.run_id
     # Younger finished runs and active runs stay, whatever the cutoff for the latter.
     assert await manager.get_run(young.run_id) == young_done
-    assert await store.purge_finished(store.now() + timedelta(days=1), 100) == [young_done]
+    assert await store.purge_finished((await store.now()) + timedelta(days=1), 100) == [young_done]
     assert await manager.get_run(active.run_id) == active
     replay = await manager.create_run("t3", request_id="req-active")
     assert replay.replayed and replay.run == active
@@ -159,7 +159,7 @@ async def test_purge_finished_respects_its_limit(manager: RunManager, store: Run
     for i in range(5):
         run = (await manager.create_run(f"t{i}")).run
         await manager.cancel_run(run.run_id)
-    cutoff = store.now()
+    cutoff = await store.now()
     before = await store.revision()
     first = await store.purge_finished(cutoff, 2)
     rest = await store.purge_finished(cutoff, 100)

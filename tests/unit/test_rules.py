@@ -44,7 +44,7 @@ ALLOWED = {
 
 def make_run(status: RunStatus = RunStatus.PENDING, **fields: object) -> Run:
     run = new_run(RunDraft(run_id="r1", thread_id="t1"), T0, 1)
-    return run.evolve(status=status, **fields)
+    return run._replace(status=status, **fields)
 
 
 def test_table_is_exactly_the_contract() -> None:
@@ -106,7 +106,7 @@ def test_repeat_needs_same_error_and_worker() -> None:
 
 
 def test_expected_mod_revision_is_checked_after_the_repeat_check() -> None:
-    run = make_run(RunStatus.RUNNING, worker_id="a").evolve(mod_revision=5)
+    run = make_run(RunStatus.RUNNING, worker_id="a")._replace(mod_revision=5)
     with pytest.raises(RevisionMismatch) as info:
         check_transition(run, StatusChange("r1", RunStatus.SUCCESS, expected_mod_revision=4), [])
     assert (info.value.expected, info.value.actual) == (4, 5)
@@ -147,7 +147,7 @@ def test_plan_create_on_idle_thread_does_nothing(strategy: MultitaskStrategy) ->
 
 
 def test_plan_create_on_busy_thread() -> None:
-    active = [make_run(), make_run(RunStatus.RUNNING).evolve(run_id="r2")]
+    active = [make_run(), make_run(RunStatus.RUNNING)._replace(run_id="r2")]
     with pytest.raises(ThreadBusy) as info:
         plan_create(RunDraft("new", "t1"), active)
     assert info.value.inflight_run_ids == ("r1", "r2")

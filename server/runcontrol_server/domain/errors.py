@@ -106,3 +106,10 @@ class ShuttingDown(RunControlError):
     def __init__(self, revision: int) -> None:
         super().__init__(f"server is shutting down; resume from revision {revision + 1}")
         self.revision = revision
+
+
+class StoreUnavailable(RunControlError):
+    """The store (e.g. its database) cannot answer now; the call may be retried."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)

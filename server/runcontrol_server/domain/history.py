@@ -89,7 +89,8 @@ class ChangeHistory:
         self._listeners.remove(listener)
 
     def reset(self, revision: int) -> None:
-        """Start empty at `revision` (a store that already has changes, e.g. PostgreSQL)."""
+        """Start empty at `revision` (a cache that starts, or restarts, in the middle of
+        a store's feed)."""
         self._entries.clear()
         self._head = self._compact_revision = revision
 
@@ -99,6 +100,12 @@ class ChangeHistory:
             return
         cutoff = (now or self._now()) - self._max_age
         while self._entries and self._entries[0][0] < cutoff:
+            self._drop_oldest()
+
+    def compact_to(self, revision: int) -> None:
+        """Drop the change sets up to `revision` (never past the head): the store
+        compacted them, so this copy must not serve them either."""
+        while self._entries and self._entries[0][1].revision <= revision:
             self._drop_oldest()
 
     def since(self, revision: int, limit: int | None = None) -> Sequence[ChangeSet]:

@@ -1,16 +1,19 @@
-"""The janitor: ONE task for every deadline, for retention and for history age-pruning.
+"""The janitor: ONE task for every deadline, for retention and for change-feed trimming.
 
 Each round it expires active runs past their deadline (TIMEOUT), deletes runs that
 finished more than `retention` ago (DELETED; their request_id goes with them) and
-prunes aged history, then sleeps until the next thing falls due. There is no task
-or timer per run: the store keeps deadlines and finished runs in time order, so a
-round costs what it removes, and the next due time is two cheap reads.
+trims the change feed and this process's cache of it, then sleeps until the next
+thing falls due. Every replica runs one; the store makes each step take effect once.
+Time is the store's clock, never this process's. There is no task or timer per run:
+the store keeps deadlines and finished runs in time order, so a round costs what it
+removes, and the next due time is two cheap reads.
 
-A history listener pokes the sleeping janitor only when a change brings the next
-due time *earlier* than the one it sleeps for (a new run with an earlier deadline,
-the first run to finish while nothing else is pending); a busy store does not wake
-it once per change. Work is done in bounded batches with a yield to the event loop
-between them, so 100,000 expiries never stall other calls.
+A listener on the feed cache (every replica's changes) pokes the sleeping janitor
+only when a change brings the next due time *earlier* than the one it sleeps for (a
+new run with an earlier deadline, the first run to finish while nothing else is
+pending); a busy store does not wake it once per change. Work is done in bounded
+batches with a yield to the event loop between them, so 100,000 expiries never stall
+other calls.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+from .feed import FeedCache
 from .model import ChangeKind, ChangeSet
 from .store import RunStore
 
@@ -37,6 +41,7 @@ class Janitor:
     def __init__(
         self,
         store: RunStore,
+        feed: FeedCache,
         *,
         retention: timedelta | None = DEFAULT_RETENTION,
         batch: int = DEFAULT_BATCH,
@@ -51,6 +56,7 @@ class Janitor:
         if prune_interval <= timedelta(0):
             raise ValueError("prune_interval must be positive")
         self._store = store
+        self._feed = feed
         self._retention = retention
         self._batch = batch
         self._prune_interval = prune_interval
@@ -62,6 +68,7 @@ class Janitor:
         # The earliest due time announced while sweeping (a store that awaits I/O can
         # see changes mid-round); the round's sleep is cut short to it.
         self._noted: datetime | None = None
+        self._swept_at = datetime.min  # the store's time when the last sweep began
         self.rounds = 0  # completed sweeps (for tests and metrics)
 
     @property
@@ -76,7 +83,7 @@ class Janitor:
         """Start the loop (idempotent). Needs a running event loop."""
         if self._task is not None:
             return
-        self._store.history.add_listener(self._on_change)
+        self._feed.history.add_listener(self._on_change)
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="runcontrol-janitor")
 
     async def stop(self) -> None:
@@ -84,7 +91,7 @@ class Janitor:
         task, self._task = self._task, None
         if task is None:
             return
-        self._store.history.remove_listener(self._on_change)
+        self._feed.history.remove_listener(self._on_change)
         task.cancel()
         try:
             await task
@@ -100,12 +107,13 @@ class Janitor:
         Public so tests (and a store without a loop) can drive it step by step.
         """
         store = self._store
-        now = store.now()
+        now = self._swept_at = await store.now()
         busy = len(await store.expire_due(now, self._batch)) >= self._batch
         if self._retention is not None:
             purged = await store.purge_finished(now - self._retention, self._batch)
             busy = busy or len(purged) >= self._batch
-        store.history.prune(now)
+        # Trim the store's change feed, and this process's cache of it to match.
+        self._feed.history.compact_to(await store.compact_changes())
         self.rounds += 1
         if busy:
             return timedelta(0)  # a full batch: more may be due; come back after a yield
@@ -126,9 +134,11 @@ class Janitor:
             try:
                 delay = await self.sweep()
             except Exception:
+                # The store failed (e.g. its database is unreachable): try again later.
                 log.exception("janitor round failed; retrying in %.1fs", self._error_backoff)
-                delay = timedelta(seconds=self._error_backoff)
-            now = self._store.now()
+                await asyncio.sleep(self._error_backoff)
+                continue
+            now = self._swept_at
             target = now + min(
                 delay if delay is not None else self._prune_interval, self._prune_interval
             )

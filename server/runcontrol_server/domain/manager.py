@@ -1,8 +1,10 @@
 """The run manager: the one entry point the servicer talks to.
 
 It turns caller intent into drafts and changes (ids, defaults, canonical payloads)
-and hands each to the store as one atomic operation. It holds no run state itself,
-so swapping the in-memory store for PostgreSQL changes nothing above this line.
+and hands each to the store as one atomic operation. It holds no run state itself:
+watchers, waiters and the janitor read this process's cache of the store's change
+feed (`FeedCache`), which sees every replica's changes, and use only the store
+protocol, so the same manager runs over the in-memory store and over PostgreSQL.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from .errors import RunNotFound
+from .errors import InvalidArgument, RunNotFound
+from .feed import DEFAULT_CATCH_UP_TIMEOUT, FeedCache
+from .history import DEFAULT_MAX_CHANGES
 from .ids import new_run_id
 from .janitor import DEFAULT_PRUNE_INTERVAL, DEFAULT_RETENTION, Janitor
 from .model import (
@@ -36,7 +40,7 @@ from .model import (
 from .rules import DEFAULT_CANCEL_REASON
 from .store import RunStore
 from .waiting import RunWaiters
-from .watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL, WatchHub
+from .watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL, Watcher, WatchFilter, WatchHub
 
 log = logging.getLogger(__name__)
 
@@ -53,25 +57,38 @@ class RunManager:
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         retention: timedelta | None = DEFAULT_RETENTION,
         prune_interval: timedelta = DEFAULT_PRUNE_INTERVAL,
+        history_size: int = DEFAULT_MAX_CHANGES,
+        catch_up_timeout: float = DEFAULT_CATCH_UP_TIMEOUT,
     ) -> None:
         """`retention`: how long finished runs are kept (None: forever). The janitor
-        enforcing it and every run deadline runs between `start()` and `close()`."""
+        enforcing it and every run deadline runs between `start()` and `close()`.
+        `history_size` bounds this process's cache of the change feed (which also drops
+        whatever the store compacts)."""
         self._store = store
         self._new_id = new_id
-        # Watchers are cursors into the store's history; the hub bounds and ends them.
+        # One reader follows the store's change feed into a local, bounded cache.
+        self.feed = FeedCache(
+            store,
+            max_changes=history_size,
+            catch_up_timeout=catch_up_timeout,
+        )
+        # Watchers are cursors into the feed cache; the hub bounds and ends them.
         self.watch_hub = WatchHub(
-            store.history, max_watchers=max_watchers, progress_interval=progress_interval
+            self.feed.history, max_watchers=max_watchers, progress_interval=progress_interval
         )
         # WaitRun: one shared future per waited-on run; the janitor: one task for all
-        # deadlines, retention and history age-pruning.
-        self._waiters = RunWaiters(store)
-        self._janitor = Janitor(store, retention=retention, prune_interval=prune_interval)
+        # deadlines, retention and change-feed trimming.
+        self._waiters = RunWaiters(store, self.feed)
+        self._janitor = Janitor(
+            store, self.feed, retention=retention, prune_interval=prune_interval
+        )
         # Cancels for runs whose attached waiter went away: kept so they cannot be
         # garbage-collected mid-flight and so `close` lets them finish.
         self._detach_cancels: set[asyncio.Task[None]] = set()
 
     @property
     def store(self) -> RunStore:
+        """The store (for introspection and tests; callers use the manager's methods)."""
         return self._store
 
     @property
@@ -83,8 +100,41 @@ class RunManager:
         return self._janitor
 
     async def start(self) -> None:
-        """Start the background janitor (deadlines, retention). Idempotent."""
+        """Start following the change feed and the janitor (deadlines, retention), and
+        return once the feed cache is primed. Idempotent."""
+        await self.feed.ready()
         self._janitor.start()
+
+    # -- watching ----------------------------------------------------------------------
+
+    async def watch(
+        self, watch_filter: WatchFilter, *, progress_interval: float | None = None
+    ) -> Watcher:
+        """A registered watcher positioned "from now" (what this process has seen).
+
+        Use it as a context manager so it is unregistered on every exit.
+        Raises: LimitExceeded, ShuttingDown.
+        """
+        await self.feed.ready()
+        return self.watch_hub.watch(watch_filter, progress_interval=progress_interval)
+
+    async def seek(self, watcher: Watcher, revision: int) -> None:
+        """Move `watcher` to start at `revision`, waiting (bounded) for the feed cache to
+        reach `revision - 1` when another replica or a snapshot is ahead of it.
+
+        Raises: InvalidArgument, RevisionCompacted, StoreUnavailable.
+        """
+        if revision < 1:
+            raise InvalidArgument("start_revision", "must be at least 1")
+        await self.feed.catch_up(revision - 1)
+        watcher.seek(revision)
+
+    async def snapshot(
+        self, thread_id: str | None, run_ids: frozenset[str]
+    ) -> tuple[tuple[Run, ...], int]:
+        """The matching runs, oldest first, and the revision they are consistent with
+        (see `RunStore.snapshot`): with `seek(revision + 1)`, one consistent view."""
+        return await self._store.snapshot(thread_id, run_ids)
 
     async def create_run(
         self,
@@ -166,6 +216,7 @@ class RunManager:
         on_disconnect is CANCEL; never when the wait ends because of shutdown.
         Raises: RunNotFound, ShuttingDown.
         """
+        self.feed.start()  # waiters are woken through the feed cache
         try:
             return await self._waiters.wait(run_id, timeout)
         except asyncio.CancelledError:
@@ -202,11 +253,13 @@ class RunManager:
         """
         self.watch_hub.shutdown()
         if not self._waiters.shutting_down:
-            self._waiters.shutdown(await self._store.revision())
+            # What this process has seen: answering must not depend on the store.
+            self._waiters.shutdown(self.feed.history.head_revision)
 
     async def close(self) -> None:
         """End pending watches and waits, stop the janitor, close the store. Idempotent."""
         await self.begin_shutdown()
         await self._janitor.stop()
         await self.wait_detach_cancels()
+        await self.feed.stop()
         await self._store.close()

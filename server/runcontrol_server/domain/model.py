@@ -117,9 +117,6 @@ class Run(NamedTuple):
         result: dict[str, Any] = json.loads(self.kwargs_json)
         return result
 
-    def evolve(self, **changes: Any) -> Run:
-        return self._replace(**changes)
-
 
 class RunDraft(NamedTuple):
     """Everything a caller decides about a new run; the store adds ids of time and revision."""
@@ -175,6 +172,13 @@ class ChangeSet(NamedTuple):
 
     revision: int
     changes: tuple[Change, ...]
+
+
+class FeedBounds(NamedTuple):
+    """The revisions a store's change feed can serve: `compact_revision + 1` to `head_revision`."""
+
+    compact_revision: int  # every revision <= this one is no longer kept
+    head_revision: int  # the newest committed revision (0 before the first change)
 
 
 class CreateOutcome(NamedTuple):

@@ -95,7 +95,7 @@ def apply_transition(run: Run, change: StatusChange, now: datetime, revision: in
     worker_id = run.worker_id
     if change.status is RunStatus.RUNNING or (worker_id is None and change.worker_id is not None):
         worker_id = change.worker_id
-    return run.evolve(
+    return run._replace(
         status=change.status,
         error=change.error if change.error is not None else run.error,
         worker_id=worker_id,
@@ -106,7 +106,7 @@ def apply_transition(run: Run, change: StatusChange, now: datetime, revision: in
 
 def apply_cancel(run: Run, action: CancelAction, reason: str, now: datetime, revision: int) -> Run:
     """An active run interrupted by a cancel or by a newer run."""
-    return run.evolve(
+    return run._replace(
         status=RunStatus.INTERRUPTED,
         cancel_action=action,
         cancel_reason=reason,
@@ -117,7 +117,7 @@ def apply_cancel(run: Run, action: CancelAction, reason: str, now: datetime, rev
 
 def apply_timeout(run: Run, now: datetime, revision: int) -> Run:
     """An unfinished run whose deadline passed."""
-    return run.evolve(
+    return run._replace(
         status=RunStatus.TIMEOUT,
         error=run.error if run.error is not None else "deadline exceeded",
         updated_at=now,

@@ -6,8 +6,9 @@ within one transaction) while the rules themselves come from `rules`. Every chan
 takes the next value of ONE store-wide revision counter; all runs changed by one
 operation share that revision and are published as one `ChangeSet`.
 
-Errors each method may raise are listed on it; they are the only ones a caller has
-to handle (anything else is a bug or an outage).
+Errors each method may raise are listed on it; beyond them, any method of a store
+behind a network may raise `StoreUnavailable` (answered UNAVAILABLE, retryable).
+Anything else is a bug.
 """
 
 from __future__ import annotations
@@ -16,13 +17,13 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
-from .history import ChangeHistory
 from .model import (
     CancelAction,
     CancelOutcome,
     ChangeSet,
     CreateOutcome,
     DeleteOutcome,
+    FeedBounds,
     Inflight,
     ListQuery,
     Run,
@@ -60,7 +61,8 @@ class RunStore(Protocol):
         ...
 
     async def list_runs(self, query: ListQuery) -> RunPage:
-        """One page, newest first by (created_at, create_revision); keyset on `query.after`."""
+        """One page, newest first in creation order (create_revision: commit order, never
+        two clocks); keyset on `query.after.create_revision`."""
         ...
 
     async def inflight(self, thread_id: str) -> Inflight:
@@ -71,20 +73,38 @@ class RunStore(Protocol):
         """The store's current revision (0 before the first change)."""
         ...
 
-    async def changes_since(self, revision: int) -> Sequence[ChangeSet]:
-        """Kept change sets with a revision >= `revision`, in order.
+    # -- the change feed: every committed change set, in revision order ----------------
+    # One reader per process follows it into the process's watch cache (`feed.FeedCache`);
+    # watchers, waiters and the janitor read that cache, never the store's feed directly.
 
-        Raises: RevisionCompacted when changes at `revision` are no longer kept.
+    async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
+        """Up to `limit` committed change sets with a revision > `after`, in order, with no
+        gaps: revisions are allocated in commit order, so a reader never sees N+1 before N.
+
+        Raises: RevisionCompacted when revision `after + 1` is no longer kept.
         """
         ...
 
-    @property
-    def history(self) -> ChangeHistory:
-        """Every change set this store commits, in revision order, as this process sees it."""
+    async def feed_bounds(self) -> FeedBounds:
+        """The oldest revision no longer kept and the newest committed one."""
         ...
 
-    def now(self) -> datetime:
-        """The store's clock (UTC, never going backwards): deadlines and retention use it."""
+    async def wait_for_changes(self, after: int, timeout: float) -> FeedBounds:  # noqa: ASYNC109
+        """Return the feed's bounds as soon as its head is beyond `after`, or after
+        `timeout` seconds (the head then possibly still `after`). A wake-up, not a read:
+        no change set moves."""
+        ...
+
+    async def compact_changes(self) -> int:
+        """Drop change sets beyond the store's count and age bounds; returns the
+        compacted revision. Idempotent, safe to run on every replica at once."""
+        ...
+
+    # -- time, snapshots, deadlines and retention --------------------------------------
+
+    async def now(self) -> datetime:
+        """The store's clock (UTC, never going backwards): timestamps, deadlines and
+        retention all read it, so replicas never compare their own clocks."""
         ...
 
     async def snapshot(
@@ -101,7 +121,8 @@ class RunStore(Protocol):
     async def expire_due(self, now: datetime, limit: int) -> list[Run]:
         """Move up to `limit` active runs whose deadline is <= `now` to TIMEOUT.
 
-        Each expiry is its own revision. Returns the expired runs.
+        Each expiry is its own revision. Returns the expired runs. Safe to run on every
+        replica at once: a run expires once.
         """
         ...
 
@@ -113,6 +134,7 @@ class RunStore(Protocol):
         """Delete up to `limit` runs that finished at or before `finished_before`.
 
         Each deletion is its own revision (a DELETED change). Returns the deleted runs.
+        Safe to run on every replica at once: a run is deleted once.
         """
         ...
 

@@ -1,10 +1,11 @@
 """Waiting for runs to finish: one shared future per waited-on run, no polling.
 
-Every waiter of a run shares ONE future, resolved by ONE history listener when a
-change makes the run terminal (or deletes it): a finish costs one wake-up per run
-however many callers wait on it, and a run nobody waits on costs a dict lookup.
-A future is dropped as soon as it is resolved or its last waiter leaves (by
-timeout, cancellation or error), so abandoned waits leave nothing behind.
+Every waiter of a run shares ONE future, resolved by ONE listener on this process's
+feed cache (which sees every replica's changes) when a change makes the run terminal
+(or deletes it): a finish costs one wake-up per run however many callers wait on it,
+and a run nobody waits on costs a dict lookup. A future is dropped as soon as it is
+resolved or its last waiter leaves (by timeout, cancellation or error), so abandoned
+waits leave nothing behind.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 from .errors import ShuttingDown
+from .feed import FeedCache
 from .model import ChangeKind, ChangeSet, Run
 from .store import RunStore
 
@@ -27,12 +29,14 @@ class _Slot:
 class RunWaiters:
     """Registry `run_id -> shared future` of the runs someone is waiting for."""
 
-    def __init__(self, store: RunStore) -> None:
+    def __init__(self, store: RunStore, feed: FeedCache) -> None:
         self._store = store
         self._slots: dict[str, _Slot] = {}
         self._waiter_count = 0
         self._shutdown_revision: int | None = None
-        store.history.add_listener(self._on_change)
+        # Every change committed by any process reaches this one through its feed cache.
+        feed.history.add_listener(self._on_change)
+        feed.on_resync(self.resync)
 
     @property
     def count(self) -> int:
@@ -56,34 +60,48 @@ class RunWaiters:
         ShuttingDown once `shutdown` was called.
         """
         self._check_open()
-        # Register before reading: a finish between the read and the registration
-        # would otherwise resolve nobody and this wait would sleep to its timeout.
-        slot = self._join(run_id)
-        try:
-            run = await self._store.get_run(run_id)
-            if run.status.is_terminal:
-                return run, True
-            # asyncio.wait never cancels the shared future, whatever happens to us.
-            await asyncio.wait({slot.future}, timeout=timeout)
-            if slot.future.done() and (final := slot.future.result()) is not None:
-                # Terminal statuses are final, so this record is the answer even if
-                # retention has already deleted the run again.
-                return final, True
-            self._check_open()
-            run = await self._store.get_run(run_id)
-            return run, run.status.is_terminal
-        finally:
-            self._leave(run_id, slot)
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            # Register before reading: a finish between the read and the registration
+            # would otherwise resolve nobody and this wait would sleep to its timeout.
+            slot = self._join(run_id)
+            try:
+                run = await self._store.get_run(run_id)
+                if run.status.is_terminal:
+                    return run, True
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    return run, False
+                # asyncio.wait never cancels the shared future, whatever happens to us.
+                await asyncio.wait({slot.future}, timeout=remaining)
+                if not slot.future.done():  # our own time is up
+                    self._check_open()
+                    run = await self._store.get_run(run_id)
+                    return run, run.status.is_terminal
+                if (final := slot.future.result()) is not None:
+                    # Terminal statuses are final, so this record is the answer even if
+                    # retention has already deleted the run again.
+                    return final, True
+                # Resolved without a record: shutdown, or the feed cache restarted past
+                # changes it never saw (`resync`): look at the store again.
+                self._check_open()
+            finally:
+                self._leave(run_id, slot)
+
+    def resync(self) -> None:
+        """Make every pending wait read its run again (the feed skipped changes)."""
+        slots, self._slots = self._slots, {}
+        for slot in slots.values():
+            if not slot.future.done():
+                slot.future.set_result(None)
 
     def shutdown(self, revision: int) -> None:
         """Make every pending and future `wait` raise `ShuttingDown(revision)` promptly."""
         if self._shutdown_revision is not None:
             return
         self._shutdown_revision = revision
-        slots, self._slots = self._slots, {}
-        for slot in slots.values():
-            if not slot.future.done():
-                slot.future.set_result(None)
+        self.resync()
 
     # -- internals -----------------------------------------------------------------
 

@@ -104,6 +104,9 @@ ERROR_TABLE: dict[type[de.RunControlError], ErrorMapping[Any]] = {
     de.LimitExceeded: ErrorMapping[de.LimitExceeded](
         grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", lambda e: {"limit": e.limit}
     ),
+    de.StoreUnavailable: ErrorMapping[de.StoreUnavailable](
+        grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", lambda e: {}
+    ),
     de.ShuttingDown: ErrorMapping[de.ShuttingDown](
         grpc.StatusCode.UNAVAILABLE,
         "SHUTTING_DOWN",

@@ -216,7 +216,7 @@ async def watch_runs(
             else 0.0
         )
         # Registered first: the limit is checked before any work is done for the stream.
-        watcher = manager.watch_hub.watch(watch_filter, progress_interval=interval or None)
+        watcher = await manager.watch(watch_filter, progress_interval=interval or None)
     except Exception as error:
         await _fail(context, error)
     with watcher:
@@ -258,14 +258,12 @@ async def _start(
     try:
         if request.send_initial:
             watch_filter = watcher.filter
-            runs, revision = await manager.store.snapshot(
-                watch_filter.thread_id, watch_filter.run_ids
-            )
+            runs, revision = await manager.snapshot(watch_filter.thread_id, watch_filter.run_ids)
             # Stream from right after the snapshot: together, one consistent view.
-            watcher.seek(revision + 1)
+            await manager.seek(watcher, revision + 1)
             initial = _initial_messages(runs, revision, watch_filter, encoder.records)
         elif request.start_revision:
-            watcher.seek(request.start_revision)
+            await manager.seek(watcher, request.start_revision)
     except Exception as error:
         return error
     if initial is not None:

@@ -10,6 +10,7 @@ Indexes keep every per-thread question proportional to the thread, not the store
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import heapq
 import itertools
@@ -33,6 +34,7 @@ from ..domain.model import (
     ChangeSet,
     CreateOutcome,
     DeleteOutcome,
+    FeedBounds,
     Inflight,
     ListQuery,
     Run,
@@ -115,7 +117,9 @@ class InMemoryRunStore:
         history_max_age: timedelta | None = DEFAULT_MAX_AGE,
     ) -> None:
         self._clock = clock or MonotonicClock()
-        self._history = ChangeHistory(
+        # The change feed: the store's own ring of committed change sets (what a database
+        # store keeps in its events table), bounded by count and age.
+        self._feed = ChangeHistory(
             max_changes=history_limit, max_age=history_max_age, now=self._clock.now
         )
         self._runs: dict[str, Run] = {}
@@ -130,11 +134,7 @@ class InMemoryRunStore:
         # updated_at order), for retention.
         self._finished: deque[tuple[datetime, str]] = deque()
 
-    @property
-    def history(self) -> ChangeHistory:
-        return self._history
-
-    def now(self) -> datetime:
+    async def now(self) -> datetime:
         return self._clock.now()
 
     # -- reads -------------------------------------------------------------------------
@@ -143,8 +143,7 @@ class InMemoryRunStore:
         return self._get(run_id)
 
     async def list_runs(self, query: ListQuery) -> RunPage:
-        # Creation order is (created_at, create_revision) order here: the monotonic
-        # clock is read in the same step that takes the revision.
+        # Creation order is create_revision order: no clock is involved.
         before = None if query.after is None else query.after.create_revision
         if query.thread_id is not None:
             thread = self._threads.get(query.thread_id)
@@ -167,8 +166,29 @@ class InMemoryRunStore:
     async def revision(self) -> int:
         return self._revision
 
-    async def changes_since(self, revision: int) -> Sequence[ChangeSet]:
-        return self._history.since(revision)
+    # -- the change feed ---------------------------------------------------------------
+
+    async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
+        return self._feed.since(after + 1, limit)
+
+    async def feed_bounds(self) -> FeedBounds:
+        return FeedBounds(self._feed.compact_revision, self._revision)
+
+    async def wait_for_changes(self, after: int, timeout: float) -> FeedBounds:  # noqa: ASYNC109
+        if self._revision > after or timeout <= 0:
+            return FeedBounds(self._feed.compact_revision, self._revision)
+        # The ring resolves its waiters on the next append: one future, no task, no poll.
+        waiter = asyncio.get_running_loop().create_future()
+        self._feed.add_waiter(waiter)
+        try:
+            await asyncio.wait((waiter,), timeout=timeout)
+        finally:
+            self._feed.remove_waiter(waiter)
+        return FeedBounds(self._feed.compact_revision, self._revision)
+
+    async def compact_changes(self) -> int:
+        self._feed.prune()
+        return self._feed.compact_revision
 
     async def snapshot(
         self, thread_id: str | None, run_ids: frozenset[str]
@@ -356,7 +376,7 @@ class InMemoryRunStore:
 
     def _commit(self, revision: int, changes: list[Change]) -> None:
         self._revision = revision
-        self._history.append(ChangeSet(revision, tuple(changes)))
+        self._feed.append(ChangeSet(revision, tuple(changes)))
 
     # -- introspection for tests and metrics -------------------------------------------
 
@@ -366,7 +386,7 @@ class InMemoryRunStore:
             "runs": len(self._runs),
             "threads": len(self._threads),
             "requests": len(self._requests),
-            "history": len(self._history),
+            "history": len(self._feed),
             "deadlines": len(self._deadlines),
             "finished": len(self._finished),
         }
