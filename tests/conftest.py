@@ -13,6 +13,7 @@ from typing import Any
 
 import grpc
 import pytest
+from _postgres import pg_server, pg_url  # noqa: F401  (fixtures)
 
 from runcontrol.errors import RunControlError, from_grpc_error
 from runcontrol.testing import InProcessServer, serve_in_process

@@ -223,6 +223,8 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         "progress_interval": "0.25",
         "history_size": "50",
         "history_max_age": "0",
+        "store": "postgresql://rc:secret@127.0.0.1:5432/rc",
+        "pool_size": "3",
     }
     assert set(values) == {o.name for o in OPTIONS}
     from_flags = parse_settings([a for o in OPTIONS for a in (o.flag, values[o.name])], {})
@@ -241,7 +243,19 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         progress_interval=0.25,
         history_size=50,
         history_max_age=0.0,
+        store="postgresql://rc:secret@127.0.0.1:5432/rc",
+        pool_size=3,
     )
+
+
+def test_store_url_is_checked_and_never_echoed(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings(["--store", "mysql://rc:hunter2@db/rc"], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "--store" in err and "hunter2" not in err
+    settings = parse_settings([], {"RUNCONTROL_STORE": "postgresql://rc:hunter2@db/rc"})
+    assert "hunter2" not in repr(settings)
 
 
 def test_empty_env_var_counts_as_unset() -> None:

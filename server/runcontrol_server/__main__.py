@@ -30,14 +30,16 @@ def main(argv: list[str] | None = None) -> int:
     """Parse settings (exit 2 on bad ones), serve until SIGTERM/SIGINT, return 0."""
     settings = parse_settings(argv)
     # Imported only now so `--help` and usage errors stay fast and need no grpc.
-    from .app import ListenError, configure_logging, serve
+    from .app import ConfigurationError, ListenError, configure_logging, serve
+    from .domain.errors import StoreIncompatible, StoreUnavailable
 
     configure_logging(settings)
     tune_gc()
     try:
         eventloop.run(serve(settings), settings.loop)
-    except ListenError as exc:
-        # The address is taken or not local: a traceback adds nothing.
+    except (ListenError, ConfigurationError, StoreUnavailable, StoreIncompatible) as exc:
+        # The address is taken, the store is out of reach or too new, a driver is
+        # missing: the message says what to fix; a traceback adds nothing.
         log.error("%s", exc)
         return 1
     except KeyboardInterrupt:

@@ -40,6 +40,10 @@ class ListenError(OSError):
     """The configured address could not be bound."""
 
 
+class ConfigurationError(RuntimeError):
+    """The settings ask for something this installation cannot do."""
+
+
 RUN_CONTROL_SERVICE = run_control_pb2.DESCRIPTOR.services_by_name["RunControl"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services that keep answering while draining: health must be able to say NOT_SERVING,
@@ -62,15 +66,34 @@ def configure_logging(settings: Settings) -> None:
     )
 
 
-def build_manager(settings: Settings, store: RunStore | None = None) -> RunManager:
-    """The manager over `store` (default: the configured in-memory store)."""
+def build_store(settings: Settings) -> RunStore:
+    """The configured store: in memory, or PostgreSQL (opened by `RunManager.start`)."""
     history_max_age = (
         timedelta(seconds=settings.history_max_age) if settings.history_max_age else None
     )
-    if store is None:
-        store = InMemoryRunStore(
+    if settings.store == "memory":
+        return InMemoryRunStore(
             history_limit=settings.history_size, history_max_age=history_max_age
         )
+    try:
+        from .stores.postgres import PostgresRunStore
+    except ImportError as error:  # the optional driver is missing
+        raise ConfigurationError(
+            f"--store {settings.store.split('://')[0]}://... needs the PostgreSQL driver: "
+            f"pip install 'runcontrol[postgres]' ({error})"
+        ) from error
+    return PostgresRunStore(
+        settings.store,
+        pool_size=settings.pool_size,
+        history_limit=settings.history_size,
+        history_max_age=history_max_age,
+    )
+
+
+def build_manager(settings: Settings, store: RunStore | None = None) -> RunManager:
+    """The manager over `store` (default: the configured store)."""
+    if store is None:
+        store = build_store(settings)
     return RunManager(
         store,
         retention=retention_of(settings),

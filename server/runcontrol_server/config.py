@@ -42,6 +42,10 @@ class Settings:
     # their maximum age in seconds (0: bounded by count only).
     history_size: int = 10_000
     history_max_age: float = 600.0
+    # Where runs live: "memory" (this process only) or a PostgreSQL URL shared by
+    # replicas. A secret: the URL may carry a password.
+    store: str = field(default="memory", repr=False)
+    pool_size: int = 10
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -115,6 +119,15 @@ def _log_level(value: str) -> str:
     if level not in _LOG_LEVELS:
         raise ValueError(f"must be one of {', '.join(_LOG_LEVELS)}")
     return level
+
+
+STORE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _store(value: str) -> str:
+    if value == "memory" or value.startswith(STORE_SCHEMES):
+        return value
+    raise ValueError("expected 'memory' or a postgresql://USER@HOST:PORT/DB URL")
 
 
 def _page_token_key(value: str) -> str:
@@ -215,6 +228,21 @@ OPTIONS: tuple[Option, ...] = (
         _non_negative_float,
         "SECONDS",
         "change sets older than this are compacted; 0 bounds history by count only",
+    ),
+    Option(
+        "store",
+        _store,
+        "memory|URL",
+        "where runs live: memory (this process, lost on restart) or a PostgreSQL URL "
+        "(postgresql://USER@HOST:PORT/DB) that several replicas share; needs the "
+        "`postgres` extra",
+        secret=True,
+    ),
+    Option(
+        "pool_size",
+        _positive_int,
+        "N",
+        "PostgreSQL connections per replica (plus one that listens for other replicas)",
     ),
 )
 

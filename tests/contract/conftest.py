@@ -8,20 +8,32 @@ import pytest
 
 from runcontrol_server.domain import RunManager, RunStore
 from runcontrol_server.stores import InMemoryRunStore
+from runcontrol_server.stores.postgres import PostgresRunStore
 
-StoreFactory = Callable[[], Awaitable[RunStore]]
+# The contract fixtures keep this many change sets, so tests can provoke compaction.
+HISTORY = 64
+
+StoreFactory = Callable[[pytest.FixtureRequest], Awaitable[RunStore]]
 
 
-async def _memory() -> RunStore:
-    return InMemoryRunStore(history_limit=64)
+async def _memory(request: pytest.FixtureRequest) -> RunStore:
+    return InMemoryRunStore(history_limit=HISTORY)
 
 
-STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory}
+async def _postgres(request: pytest.FixtureRequest) -> RunStore:
+    # A fresh database per test on the session's throwaway cluster.
+    url: str = request.getfixturevalue("pg_url")
+    store = PostgresRunStore(url, history_limit=HISTORY, pool_size=8)
+    await store.open()
+    return store
+
+
+STORE_FACTORIES: dict[str, StoreFactory] = {"memory": _memory, "postgres": _postgres}
 
 
 @pytest.fixture(params=sorted(STORE_FACTORIES))
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[RunStore]:
-    created = await STORE_FACTORIES[request.param]()
+    created = await STORE_FACTORIES[request.param](request)
     try:
         yield created
     finally:
@@ -30,4 +42,4 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[RunStore]:
 
 @pytest.fixture
 def manager(store: RunStore) -> RunManager:
-    return RunManager(store)
+    return RunManager(store, history_size=HISTORY)

@@ -113,3 +113,7 @@ class StoreUnavailable(RunControlError):
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
+
+
+class StoreIncompatible(RunControlError):
+    """The store holds data this version cannot use (e.g. a newer schema)."""

@@ -102,6 +102,7 @@ class RunManager:
     async def start(self) -> None:
         """Start following the change feed and the janitor (deadlines, retention), and
         return once the feed cache is primed. Idempotent."""
+        await self._store.open()
         await self.feed.ready()
         self._janitor.start()
 

@@ -35,6 +35,11 @@ from .model import (
 
 
 class RunStore(Protocol):
+    async def open(self) -> None:
+        """Connect and prepare (e.g. migrate a schema); idempotent. `RunManager.start`
+        calls it first. Raises StoreUnavailable."""
+        ...
+
     async def create_run(self, draft: RunDraft) -> CreateOutcome:
         """Apply the draft's multitask strategy to the thread and insert a PENDING run.
 
@@ -138,4 +143,6 @@ class RunStore(Protocol):
         """
         ...
 
-    async def close(self) -> None: ...
+    async def close(self) -> None:
+        """Release connections and tasks; idempotent."""
+        ...

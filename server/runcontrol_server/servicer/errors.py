@@ -107,6 +107,9 @@ ERROR_TABLE: dict[type[de.RunControlError], ErrorMapping[Any]] = {
     de.StoreUnavailable: ErrorMapping[de.StoreUnavailable](
         grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", lambda e: {}
     ),
+    de.StoreIncompatible: ErrorMapping[de.StoreIncompatible](
+        _FPC, "STORE_INCOMPATIBLE", lambda e: {}
+    ),
     de.ShuttingDown: ErrorMapping[de.ShuttingDown](
         grpc.StatusCode.UNAVAILABLE,
         "SHUTTING_DOWN",

@@ -316,6 +316,9 @@ class InMemoryRunStore:
         self._commit(revision, [Change(ChangeKind.DELETED, run, run.status)])
         return DeleteOutcome(run, revision)
 
+    async def open(self) -> None:
+        return None
+
     async def close(self) -> None:
         return None
 

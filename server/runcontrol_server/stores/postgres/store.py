@@ -1,0 +1,682 @@
+"""The PostgreSQL store: every invariant held by the database, shared by every replica.
+
+Each operation is one transaction of at most two round trips (psycopg pipeline mode):
+
+1. lock what the operation decides on and read it: the thread row (`rc_threads`, which
+   serialises every strategy on one thread, ENQUEUE's several active runs included),
+   then the runs it will change (`FOR UPDATE`);
+2. the domain's rules decide in Python (`rules`, the same code as the in-memory store),
+   then the writes go out in one pipeline that takes the ONE revision row last
+   (`UPDATE rc_revision ... RETURNING head`), writes the runs and their change rows,
+   NOTIFYs and COMMITs. The revision row lock is held only while the database executes
+   that pipeline, never across a round trip to this process, so revisions are gapless
+   and committed in revision order (a reader never sees N+1 before N) at little cost.
+
+Locks are always taken in the order thread -> runs -> revision; the janitor's
+statements skip locked runs (`SKIP LOCKED`) and never take a thread lock, so no two
+transactions can wait on each other in a cycle. Timestamps are the database's clock
+(`rc_revision.stamped_at`, never going backwards), so replicas never compare clocks.
+
+Replicas learn of each other's commits through LISTEN/NOTIFY carrying the revision
+(`wait_for_changes`), with a poll as the safety net, and read `rc_changes`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg import sql
+from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from ...domain.errors import (
+    RequestIdReused,
+    RevisionCompacted,
+    RevisionMismatch,
+    RunActive,
+    RunNotFound,
+    StoreUnavailable,
+)
+from ...domain.history import DEFAULT_MAX_AGE, DEFAULT_MAX_CHANGES
+from ...domain.model import (
+    CancelAction,
+    CancelOutcome,
+    ChangeSet,
+    CreateOutcome,
+    DeleteOutcome,
+    FeedBounds,
+    Inflight,
+    ListQuery,
+    Run,
+    RunDraft,
+    RunPage,
+    RunStatus,
+    StatusChange,
+    TransitionOutcome,
+    cursor_of,
+)
+from ...domain.rules import (
+    apply_transition,
+    check_transition,
+    interrupt_reason,
+    plan_create,
+)
+from .records import (
+    ACTIVE_SQL,
+    RUN_COLUMNS,
+    change_from_row,
+    outcome_from_json,
+    run_from_row,
+    utc,
+)
+from .schema import migrate
+
+log = logging.getLogger(__name__)
+
+DEFAULT_POOL_SIZE = 10
+CHANNEL = "runcontrol_feed"
+# How long a call waits for a pooled connection before answering UNAVAILABLE.
+DEFAULT_CONNECT_TIMEOUT = 5.0
+# Attempts of one operation that lost a race (deadlock victim, request_id raced).
+_ATTEMPTS = 3
+_LISTEN_RETRY_MAX = 2.0
+
+_Conn = psycopg.AsyncConnection[Any]
+_T = TypeVar("_T")
+# Aborts the database uses to resolve a race; the operation is simply run again.
+_LOST_RACE = (DeadlockDetected, SerializationFailure)
+
+# Allocates the next revision and the database time of it (taken last: see above).
+_NEXT_REVISION = (
+    "UPDATE rc_revision SET head = head + 1,"
+    " stamped_at = greatest(stamped_at, clock_timestamp()) RETURNING head"
+)
+# The change rows of one revision: the given runs as they are now, in the given order.
+_INSERT_CHANGES = (
+    "INSERT INTO rc_changes (revision, idx, kind, prev_status, record, committed_at)"
+    " SELECT v.head, c.idx, c.kind, c.prev_status, to_jsonb(x), v.stamped_at"
+    " FROM rc_revision v,"
+    " unnest(%s::text[], %s::text[], %s::text[])"
+    " WITH ORDINALITY AS c(run_id, kind, prev_status, idx)"
+    " JOIN rc_runs x ON x.run_id = c.run_id"
+)
+_NOTIFY = "SELECT pg_notify(%s, 'h' || head) FROM rc_revision"
+_LOCK_THREAD_OF_RUN = (
+    "SELECT 1 FROM rc_threads WHERE thread_id ="
+    " (SELECT thread_id FROM rc_runs WHERE run_id = %s) FOR UPDATE"
+)
+_LOCK_RUN = f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE run_id = %s FOR UPDATE"
+_RETURNING_RUN = "RETURNING " + ", ".join(f"rc_runs.{c}" for c in Run._fields)
+
+
+class PostgresRunStore:
+    """`RunStore` in a PostgreSQL database, shared by any number of server replicas."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        history_limit: int = DEFAULT_MAX_CHANGES,
+        history_max_age: timedelta | None = DEFAULT_MAX_AGE,
+        connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ) -> None:
+        self._url = url
+        self._history_limit = history_limit
+        self._history_max_age = history_max_age
+        kwargs = {"autocommit": True, "options": "-c TimeZone=UTC"}
+        self._pool = AsyncConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs=kwargs,
+            timeout=connect_timeout,
+            open=False,
+            check=AsyncConnectionPool.check_connection,
+            name="runcontrol",
+        )
+        self._opened = False
+        self._closed = False
+        # The newest bounds this process knows of (own commits, notifications, polls).
+        self._head_seen = 0
+        self._compact_seen = 0
+        self._waiters: set[asyncio.Future[None]] = set()
+        self._listener: asyncio.Task[None] | None = None
+
+    # -- life cycle --------------------------------------------------------------------
+
+    async def open(self) -> None:
+        """Connect, migrate the schema and start listening for other replicas' commits.
+        Idempotent. Raises StoreUnavailable when the database cannot be reached."""
+        if self._opened:
+            return
+        try:
+            await self._pool.open(wait=True, timeout=self._pool.timeout)
+        except PoolTimeout as error:
+            raise StoreUnavailable(f"cannot connect to the database: {error}") from error
+        async with self._connection() as conn:
+            await migrate(conn)
+        self._opened = True
+        bounds = await self.feed_bounds()
+        self._note(bounds.compact_revision, bounds.head_revision)
+        self._listener = asyncio.get_running_loop().create_task(
+            self._listen(), name="runcontrol-pg-listen"
+        )
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._listener is not None:
+            self._listener.cancel()
+            try:
+                await self._listener
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+        self._wake()
+        await self._pool.close()
+
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[_Conn]:
+        """A pooled connection; the database being out of reach is StoreUnavailable."""
+        try:
+            async with self._pool.connection() as conn:
+                yield conn
+        except PoolTimeout as error:
+            raise StoreUnavailable("no database connection available") from error
+        except psycopg.OperationalError as error:
+            if isinstance(error, _LOST_RACE):
+                raise
+            raise StoreUnavailable(f"database unavailable: {error.sqlstate or error}") from error
+
+    async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async with self._connection() as conn:
+            cursor = await conn.execute(query.encode(), params)
+            return await cursor.fetchall()
+
+    # -- reads -------------------------------------------------------------------------
+
+    async def get_run(self, run_id: str) -> Run:
+        rows = await self._fetch(f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE run_id = %s", (run_id,))
+        if not rows:
+            raise RunNotFound(run_id)
+        return run_from_row(rows[0])
+
+    async def list_runs(self, query: ListQuery) -> RunPage:
+        conditions = ["true"]
+        params: list[Any] = []
+        if query.thread_id is not None:
+            conditions.append("thread_id = %s")
+            params.append(query.thread_id)
+        if query.statuses:
+            conditions.append("status = ANY(%s::text[])")
+            params.append(sorted(s.value for s in query.statuses))
+        if query.after is not None:
+            conditions.append("create_revision < %s")
+            params.append(query.after.create_revision)
+        params.append(query.limit + 1)
+        # One statement, one snapshot: the page and the revision agree.
+        rows = await self._fetch(
+            f"SELECT v.head, r.* FROM rc_revision v LEFT JOIN LATERAL ("
+            f" SELECT {RUN_COLUMNS} FROM rc_runs WHERE {' AND '.join(conditions)}"
+            f" ORDER BY create_revision DESC LIMIT %s) r ON true",
+            params,
+        )
+        revision = int(rows[0][0])
+        runs = tuple(run_from_row(row, 1) for row in rows if row[1] is not None)
+        more = len(runs) > query.limit
+        runs = runs[: query.limit]
+        return RunPage(runs, cursor_of(runs[-1]) if more and runs else None, revision)
+
+    async def inflight(self, thread_id: str) -> Inflight:
+        rows = await self._fetch(
+            "SELECT head, array(SELECT run_id FROM rc_runs WHERE thread_id = %s"
+            f" AND status IN {ACTIVE_SQL} ORDER BY create_revision) FROM rc_revision",
+            (thread_id,),
+        )
+        return Inflight(thread_id, tuple(rows[0][1]), int(rows[0][0]))
+
+    async def revision(self) -> int:
+        rows = await self._fetch("SELECT head FROM rc_revision")
+        return int(rows[0][0])
+
+    async def now(self) -> datetime:
+        rows = await self._fetch("SELECT greatest(stamped_at, clock_timestamp()) FROM rc_revision")
+        value: datetime = rows[0][0]
+        return utc(value)
+
+    async def snapshot(
+        self, thread_id: str | None, run_ids: frozenset[str]
+    ) -> tuple[tuple[Run, ...], int]:
+        conditions = ["true"]
+        params: list[Any] = []
+        if thread_id is not None:
+            conditions.append("thread_id = %s")
+            params.append(thread_id)
+        if run_ids:
+            conditions.append("run_id = ANY(%s::text[])")
+            params.append(sorted(run_ids))
+        rows = await self._fetch(
+            f"SELECT v.head, r.* FROM rc_revision v LEFT JOIN LATERAL ("
+            f" SELECT {RUN_COLUMNS} FROM rc_runs WHERE {' AND '.join(conditions)}"
+            f" ORDER BY create_revision) r ON true",
+            params,
+        )
+        runs = tuple(run_from_row(row, 1) for row in rows if row[1] is not None)
+        return runs, int(rows[0][0])
+
+    async def next_deadline(self) -> datetime | None:
+        rows = await self._fetch(
+            f"SELECT min(deadline) FROM rc_runs WHERE status IN {ACTIVE_SQL}"
+            " AND deadline IS NOT NULL"
+        )
+        return None if rows[0][0] is None else utc(rows[0][0])
+
+    async def oldest_finished_at(self) -> datetime | None:
+        rows = await self._fetch(
+            f"SELECT min(updated_at) FROM rc_runs WHERE status NOT IN {ACTIVE_SQL}"
+        )
+        return None if rows[0][0] is None else utc(rows[0][0])
+
+    # -- the change feed ---------------------------------------------------------------
+
+    async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
+        async with self._connection() as conn, conn.pipeline():
+            rows_cursor = await conn.execute(
+                b"SELECT revision, kind, prev_status, record FROM rc_changes"
+                b" WHERE revision > %s AND revision <= %s ORDER BY revision, idx",
+                (after, after + limit),
+            )
+            # Read second: compaction only moves forward, so if `after` is still kept
+            # now, nothing after it had been deleted when the rows were read.
+            compact_cursor = await conn.execute(b"SELECT revision FROM rc_compaction")
+            rows = await rows_cursor.fetchall()
+            compact_row = await compact_cursor.fetchone()
+        assert compact_row is not None
+        compacted = int(compact_row[0])
+        if after < compacted:
+            raise RevisionCompacted(after + 1, compacted)
+        change_sets: list[ChangeSet] = []
+        current: list[Any] = []
+        revision = 0
+        for row in rows:
+            if row[0] != revision:
+                if current:
+                    change_sets.append(ChangeSet(revision, tuple(current)))
+                revision, current = int(row[0]), []
+            current.append(change_from_row(row[1], row[2], row[3]))
+        if current:
+            change_sets.append(ChangeSet(revision, tuple(current)))
+        return change_sets
+
+    async def feed_bounds(self) -> FeedBounds:
+        rows = await self._fetch(
+            "SELECT (SELECT revision FROM rc_compaction), (SELECT head FROM rc_revision)"
+        )
+        bounds = FeedBounds(int(rows[0][0]), int(rows[0][1]))
+        self._note(bounds.compact_revision, bounds.head_revision)
+        return bounds
+
+    async def wait_for_changes(self, after: int, timeout: float) -> FeedBounds:  # noqa: ASYNC109
+        if self._head_seen <= after and timeout > 0:
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.add(waiter)
+            try:
+                await asyncio.wait((waiter,), timeout=timeout)
+            finally:
+                self._waiters.discard(waiter)
+        if self._head_seen > after:
+            return FeedBounds(self._compact_seen, self._head_seen)
+        # Nothing heard: ask the database itself (the safety net under a lost NOTIFY).
+        return await self.feed_bounds()
+
+    async def compact_changes(self) -> int:
+        age = self._history_max_age
+        async with self._connection() as conn, conn.transaction():
+            cursor = await conn.execute(
+                b"UPDATE rc_compaction SET revision = greatest(revision,"
+                b" (SELECT head FROM rc_revision) - %s,"
+                b" coalesce((SELECT max(revision) FROM rc_changes"
+                b"  WHERE %s::interval IS NOT NULL"
+                b"  AND committed_at < clock_timestamp() - %s::interval), 0))"
+                b" RETURNING revision",
+                (self._history_limit, age, age),
+            )
+            row = await cursor.fetchone()
+            assert row is not None
+            compacted = int(row[0])
+            deleted = await conn.execute(
+                b"DELETE FROM rc_changes WHERE revision <= %s", (compacted,)
+            )
+            if deleted.rowcount:
+                await conn.execute(b"SELECT pg_notify(%s, %s)", (CHANNEL, f"c{compacted}"))
+        self._note(compacted, 0)
+        return compacted
+
+    # -- writes ------------------------------------------------------------------------
+
+    async def create_run(self, draft: RunDraft) -> CreateOutcome:
+        fingerprint = draft.fingerprint() if draft.request_id is not None else ""
+        return await self._retrying(lambda: self._create(draft, fingerprint))
+
+    async def _create(self, draft: RunDraft, fingerprint: str) -> CreateOutcome:
+        thread_id = draft.thread_id
+        async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            await conn.execute(
+                b"INSERT INTO rc_threads (thread_id) VALUES (%s) ON CONFLICT DO NOTHING",
+                (thread_id,),
+            )
+            await conn.execute(
+                b"SELECT 1 FROM rc_threads WHERE thread_id = %s FOR UPDATE", (thread_id,)
+            )
+            seen_cursor = None
+            if draft.request_id is not None:
+                seen_cursor = await conn.execute(
+                    b"SELECT fingerprint, outcome FROM rc_requests WHERE request_id = %s",
+                    (draft.request_id,),
+                )
+            active_cursor = await conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE thread_id = %s"
+                f" AND status IN {ACTIVE_SQL} ORDER BY create_revision FOR UPDATE".encode(),
+                (thread_id,),
+            )
+            await pipeline.sync()
+            if seen_cursor is not None and (seen := await seen_cursor.fetchone()):
+                if seen[0] != fingerprint:
+                    raise RequestIdReused(draft.request_id or "", seen[1]["run"]["run_id"])
+                return outcome_from_json(seen[1])
+            active = [run_from_row(row) for row in await active_cursor.fetchall()]
+            plan = plan_create(draft, active)
+
+            await conn.execute(_NEXT_REVISION.encode())
+            interrupted_cursor = None
+            if plan.interrupt:
+                interrupted_cursor = await conn.execute(
+                    f"UPDATE rc_runs SET status = 'interrupted', cancel_action = %s,"
+                    f" cancel_reason = %s, updated_at = v.stamped_at, mod_revision = v.head"
+                    f" FROM rc_revision v WHERE run_id = ANY(%s::text[])"
+                    f" {_RETURNING_RUN}".encode(),
+                    (
+                        plan.cancel_action.value,
+                        interrupt_reason(draft.run_id, draft.multitask_strategy),
+                        [r.run_id for r in plan.interrupt],
+                    ),
+                )
+            created_cursor = await conn.execute(
+                f"INSERT INTO rc_runs ({RUN_COLUMNS})"
+                f" SELECT %s, %s, %s, 'pending', %s, %s, %s, %s, v.stamped_at, v.stamped_at,"
+                f" v.head, v.head, NULL, 'interrupt', NULL, NULL,"
+                f" v.stamped_at + %s::interval, %s FROM rc_revision v {_RETURNING_RUN}".encode(),
+                (
+                    draft.run_id,
+                    thread_id,
+                    draft.assistant_id,
+                    draft.on_disconnect.value,
+                    draft.multitask_strategy.value,
+                    draft.metadata_json,
+                    draft.kwargs_json,
+                    draft.timeout,
+                    draft.request_id,
+                ),
+            )
+            ids = [r.run_id for r in plan.interrupt] + [draft.run_id]
+            kinds = ["updated"] * len(plan.interrupt) + ["created"]
+            prevs = [r.status.value for r in plan.interrupt] + [None]
+            await conn.execute(_INSERT_CHANGES.encode(), (ids, kinds, prevs))
+            if draft.request_id is not None:
+                await conn.execute(
+                    b"INSERT INTO rc_requests (request_id, fingerprint, run_id, outcome)"
+                    b" SELECT %s, %s, x.run_id, jsonb_build_object('run', to_jsonb(x),"
+                    b" 'interrupted', coalesce((SELECT jsonb_agg(to_jsonb(i)"
+                    b" ORDER BY i.create_revision) FROM rc_runs i"
+                    b" WHERE i.run_id = ANY(%s::text[])), '[]'::jsonb),"
+                    b" 'queued_behind', %s::jsonb) FROM rc_runs x WHERE x.run_id = %s",
+                    (
+                        draft.request_id,
+                        fingerprint,
+                        [r.run_id for r in plan.interrupt],
+                        Jsonb(list(plan.queued_behind)),
+                        draft.run_id,
+                    ),
+                )
+            await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+        created_row = await created_cursor.fetchone()
+        assert created_row is not None
+        run = run_from_row(created_row)
+        interrupted: list[Run] = []
+        if interrupted_cursor is not None:
+            interrupted = [run_from_row(row) for row in await interrupted_cursor.fetchall()]
+            interrupted.sort(key=lambda r: r.create_revision)
+        self._committed(run.create_revision)
+        return CreateOutcome(run, tuple(interrupted), plan.queued_behind)
+
+    async def set_status(self, change: StatusChange) -> TransitionOutcome:
+        return await self._retrying(lambda: self._set_status(change))
+
+    async def _set_status(self, change: StatusChange) -> TransitionOutcome:
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            earlier_cursor = None
+            if change.status is RunStatus.RUNNING:
+                # Sent with the locks (one round trip), read after them: the runs of
+                # the thread ahead of this one that are still active (ENQUEUE FIFO).
+                await conn.execute(_LOCK_THREAD_OF_RUN.encode(), (change.run_id,))
+                earlier_cursor = await conn.execute(
+                    f"SELECT e.run_id FROM rc_runs e JOIN rc_runs r"
+                    f" ON r.run_id = %s AND e.thread_id = r.thread_id"
+                    f" AND e.create_revision < r.create_revision"
+                    f" WHERE e.status IN {ACTIVE_SQL} ORDER BY e.create_revision".encode(),
+                    (change.run_id,),
+                )
+            run = await self._lock_run(conn, change.run_id, thread_locked=True)
+            earlier: list[str] = []
+            if earlier_cursor is not None:
+                earlier = [row[0] for row in await earlier_cursor.fetchall()]
+            if not check_transition(run, change, earlier):
+                return TransitionOutcome(run, changed=False)
+            target = apply_transition(run, change, run.updated_at, run.mod_revision)
+            await conn.execute(_NEXT_REVISION.encode())
+            cursor = await conn.execute(
+                f"UPDATE rc_runs SET status = %s, error = %s, worker_id = %s,"
+                f" updated_at = v.stamped_at, mod_revision = v.head"
+                f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
+                (target.status.value, target.error, target.worker_id, run.run_id),
+            )
+            await self._record_changes(conn, [(run.run_id, "updated", run.status.value)])
+        # Fetched after the COMMIT went out in the same round trip.
+        row = await cursor.fetchone()
+        assert row is not None
+        updated = run_from_row(row)
+        self._committed(updated.mod_revision)
+        return TransitionOutcome(updated, changed=True)
+
+    async def cancel_run(self, run_id: str, action: CancelAction, reason: str) -> CancelOutcome:
+        return await self._retrying(lambda: self._cancel(run_id, action, reason))
+
+    async def _cancel(self, run_id: str, action: CancelAction, reason: str) -> CancelOutcome:
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            run = await self._lock_run(conn, run_id)
+            if not run.is_active:
+                return CancelOutcome(run, cancelled=False)
+            await conn.execute(_NEXT_REVISION.encode())
+            cursor = await conn.execute(
+                f"UPDATE rc_runs SET status = 'interrupted', cancel_action = %s,"
+                f" cancel_reason = %s, updated_at = v.stamped_at, mod_revision = v.head"
+                f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
+                (action.value, reason, run_id),
+            )
+            await self._record_changes(conn, [(run_id, "updated", run.status.value)])
+        row = await cursor.fetchone()
+        assert row is not None
+        cancelled = run_from_row(row)
+        self._committed(cancelled.mod_revision)
+        return CancelOutcome(cancelled, cancelled=True)
+
+    async def delete_run(self, run_id: str, expected_mod_revision: int | None) -> DeleteOutcome:
+        return await self._retrying(lambda: self._delete(run_id, expected_mod_revision))
+
+    async def _delete(self, run_id: str, expected_mod_revision: int | None) -> DeleteOutcome:
+        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+            run = await self._lock_run(conn, run_id)
+            if expected_mod_revision is not None and expected_mod_revision != run.mod_revision:
+                raise RevisionMismatch(run_id, expected_mod_revision, run.mod_revision)
+            if run.is_active:
+                raise RunActive(run_id, run.status.value)
+            cursor = await conn.execute(_NEXT_REVISION.encode())
+            # The DELETED change carries the run's last record: recorded before it goes.
+            await self._record_changes(conn, [(run_id, "deleted", run.status.value)])
+            await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run_id,))
+        row = await cursor.fetchone()
+        assert row is not None
+        revision = int(row[0])
+        self._committed(revision)
+        return DeleteOutcome(run, revision)
+
+    # -- deadlines and retention (every replica runs them; each takes effect once) ----
+
+    async def expire_due(self, now: datetime, limit: int) -> list[Run]:
+        async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            cursor = await conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status IN {ACTIVE_SQL}"
+                f" AND deadline <= %s ORDER BY deadline LIMIT %s"
+                f" FOR UPDATE SKIP LOCKED".encode(),
+                (now, limit),
+            )
+            await pipeline.sync()
+            due = [run_from_row(row) for row in await cursor.fetchall()]
+            cursors = []
+            for run in due:  # each expiry is its own revision
+                await conn.execute(_NEXT_REVISION.encode())
+                cursors.append(
+                    await conn.execute(
+                        f"UPDATE rc_runs SET status = 'timeout',"
+                        f" error = coalesce(error, 'deadline exceeded'),"
+                        f" updated_at = v.stamped_at, mod_revision = v.head"
+                        f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
+                        (run.run_id,),
+                    )
+                )
+                await self._record_changes(conn, [(run.run_id, "updated", run.status.value)])
+            await pipeline.sync()
+            expired = [run_from_row(row) for c in cursors if (row := await c.fetchone())]
+        if expired:
+            self._committed(expired[-1].mod_revision)
+        return expired
+
+    async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
+        async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+            cursor = await conn.execute(
+                f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status NOT IN {ACTIVE_SQL}"
+                f" AND updated_at <= %s ORDER BY updated_at LIMIT %s"
+                f" FOR UPDATE SKIP LOCKED".encode(),
+                (finished_before, limit),
+            )
+            await pipeline.sync()
+            purged = [run_from_row(row) for row in await cursor.fetchall()]
+            revision_cursor = None
+            for run in purged:  # each deletion is its own revision
+                revision_cursor = await conn.execute(_NEXT_REVISION.encode())
+                await self._record_changes(
+                    conn, [(run.run_id, "deleted", run.status.value)], notify=False
+                )
+                await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run.run_id,))
+            if purged:
+                await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+            await pipeline.sync()
+            head = None
+            if revision_cursor is not None and (row := await revision_cursor.fetchone()):
+                head = int(row[0])
+        if head is not None:
+            self._committed(head)
+        return purged
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _lock_run(self, conn: _Conn, run_id: str, *, thread_locked: bool = False) -> Run:
+        """Lock the run's thread, then the run (the one lock order), and read it."""
+        if not thread_locked:
+            await conn.execute(_LOCK_THREAD_OF_RUN.encode(), (run_id,))
+        cursor = await conn.execute(_LOCK_RUN.encode(), (run_id,))
+        row = await cursor.fetchone()
+        if row is None:
+            raise RunNotFound(run_id)
+        return run_from_row(row)
+
+    async def _record_changes(
+        self, conn: _Conn, changes: list[tuple[str, str, str | None]], *, notify: bool = True
+    ) -> None:
+        """The change rows of the current revision (run_id, kind, prev_status), then the
+        NOTIFY that wakes every replica's feed reader at COMMIT."""
+        ids, kinds, prevs = (list(column) for column in zip(*changes, strict=True))
+        await conn.execute(_INSERT_CHANGES.encode(), (ids, kinds, prevs))
+        if notify:
+            await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+
+    async def _retrying(self, operation: Callable[[], Awaitable[_T]]) -> _T:
+        """Run `operation` again when it lost a race the database resolved by aborting
+        it (a deadlock victim, a serialisation failure, a request_id taken meanwhile)."""
+        for attempt in range(1, _ATTEMPTS + 1):
+            try:
+                return await operation()
+            except (*_LOST_RACE, UniqueViolation):
+                if attempt == _ATTEMPTS:
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _note(self, compacted: int, head: int) -> None:
+        woke = head > self._head_seen
+        self._head_seen = max(self._head_seen, head)
+        self._compact_seen = max(self._compact_seen, compacted)
+        if woke:
+            self._wake()
+
+    def _committed(self, revision: int) -> None:
+        """Our own commit: our feed reader needs no NOTIFY round trip to learn of it."""
+        self._note(0, revision)
+
+    def _wake(self) -> None:
+        waiters, self._waiters = self._waiters, set()
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _listen(self) -> None:
+        """Follow NOTIFYs on a dedicated connection; reconnect when it drops."""
+        delay = 0.05
+        while True:
+            try:
+                conn = await psycopg.AsyncConnection.connect(
+                    self._url, autocommit=True, options="-c TimeZone=UTC"
+                )
+                async with conn:
+                    await conn.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                    delay = 0.05
+                    # Anything committed while we were not listening: look once.
+                    rows = await conn.execute(
+                        b"SELECT (SELECT revision FROM rc_compaction),"
+                        b" (SELECT head FROM rc_revision)"
+                    )
+                    row = await rows.fetchone()
+                    if row is not None:
+                        self._note(int(row[0]), int(row[1]))
+                    async for notify in conn.notifies():
+                        payload = notify.payload
+                        if payload.startswith("h"):
+                            self._note(0, int(payload[1:]))
+                        elif payload.startswith("c"):
+                            self._note(int(payload[1:]), 0)
+            except asyncio.CancelledError:
+                raise
+            except Exception as error:
+                log.warning("listening for changes failed (%s); retrying in %.2fs", error, delay)
+                self._wake()  # feed readers fall back to asking the database
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _LISTEN_RETRY_MAX)
