@@ -225,6 +225,10 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         "history_max_age": "0",
         "store": "postgresql://rc:secret@127.0.0.1:5432/rc",
         "pool_size": "3",
+        "keepalive_time": "0",
+        "keepalive_timeout": "1.5",
+        "max_connection_age": "0",
+        "max_connection_age_grace": "2",
     }
     assert set(values) == {o.name for o in OPTIONS}
     from_flags = parse_settings([a for o in OPTIONS for a in (o.flag, values[o.name])], {})
@@ -245,6 +249,10 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         history_max_age=0.0,
         store="postgresql://rc:secret@127.0.0.1:5432/rc",
         pool_size=3,
+        keepalive_time=0.0,
+        keepalive_timeout=1.5,
+        max_connection_age=0.0,
+        max_connection_age_grace=2.0,
     )
 
 

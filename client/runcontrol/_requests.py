@@ -50,8 +50,18 @@ def service_config(max_attempts: int = 5) -> str:
     )
 
 
+# Ping a silent connection every 30 s (the server accepts one per 10 s), so a replica
+# or proxy that went away is noticed during a long WaitRun or an idle watch.
+KEEPALIVE_TIME_MS = 30_000
+KEEPALIVE_TIMEOUT_MS = 10_000
+
+
 def channel_options(retry: bool, extra: Iterable[tuple[str, Any]] = ()) -> list[tuple[str, Any]]:
-    options: list[tuple[str, Any]] = [("grpc.enable_retries", 1 if retry else 0)]
+    options: list[tuple[str, Any]] = [
+        ("grpc.enable_retries", 1 if retry else 0),
+        ("grpc.keepalive_time_ms", KEEPALIVE_TIME_MS),
+        ("grpc.keepalive_timeout_ms", KEEPALIVE_TIMEOUT_MS),
+    ]
     if retry:
         options.append(("grpc.service_config", service_config()))
     options.extend(extra)

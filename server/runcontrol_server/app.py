@@ -103,6 +103,35 @@ def build_manager(settings: Settings, store: RunStore | None = None) -> RunManag
     )
 
 
+# Clients may ping this often without data (the Python and Node clients ping every
+# 30 s or less often); more often than this earns a GOAWAY "too_many_pings".
+_MIN_CLIENT_PING_INTERVAL_MS = 10_000
+
+
+def connection_options(settings: Settings) -> list[tuple[str, int]]:
+    """gRPC channel arguments for keepalive and connection age (see `Settings`)."""
+
+    def ms(seconds: float) -> int:
+        return max(1, round(seconds * 1000))
+
+    options = [
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", _MIN_CLIENT_PING_INTERVAL_MS),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+    if settings.keepalive_time:
+        options += [
+            ("grpc.keepalive_time_ms", ms(settings.keepalive_time)),
+            ("grpc.keepalive_timeout_ms", ms(settings.keepalive_timeout)),
+        ]
+    if settings.max_connection_age:
+        options.append(("grpc.max_connection_age_ms", ms(settings.max_connection_age)))
+        if settings.max_connection_age_grace:
+            options.append(
+                ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace))
+            )
+    return options
+
+
 class _DrainInterceptor(grpc.aio.ServerInterceptor):
     """While draining, answers new RunControl calls with UNAVAILABLE / SHUTTING_DOWN.
 
@@ -242,6 +271,7 @@ class RunControlServer:
                 # on the same port would silently share it instead of failing.
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", max_receive),
+                *connection_options(settings),
             ],
         )
         # Not the generated add_RunControlServicer_to_server: answers are pre-encoded bytes.

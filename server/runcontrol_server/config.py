@@ -46,6 +46,11 @@ class Settings:
     # replicas. A secret: the URL may carry a password.
     store: str = field(default="memory", repr=False)
     pool_size: int = 10
+    # HTTP/2 connection management for replicas behind one address (seconds; 0: off).
+    keepalive_time: float = 30.0
+    keepalive_timeout: float = 10.0
+    max_connection_age: float = 300.0
+    max_connection_age_grace: float = 0.0
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -243,6 +248,34 @@ OPTIONS: tuple[Option, ...] = (
         _positive_int,
         "N",
         "PostgreSQL connections per replica (plus one that listens for other replicas)",
+    ),
+    Option(
+        "keepalive_time",
+        _non_negative_float,
+        "SECONDS",
+        "ping a client connection after this long without activity, so dead peers and "
+        "proxies that silently dropped it are noticed; 0 disables",
+    ),
+    Option(
+        "keepalive_timeout",
+        _positive_float,
+        "SECONDS",
+        "close a connection whose keepalive ping is not answered within this time",
+    ),
+    Option(
+        "max_connection_age",
+        _non_negative_float,
+        "SECONDS",
+        "ask clients to reconnect (GOAWAY) after this long, so new calls spread over "
+        "replicas added behind one address; 0 keeps connections forever",
+    ),
+    Option(
+        "max_connection_age_grace",
+        _non_negative_float,
+        "SECONDS",
+        "after GOAWAY, how long calls still open may run before the connection closes "
+        "(watches then resume on the next replica); 0 waits for them to end",
+        default_text="0 (wait)",
     ),
 )
 
