@@ -21,7 +21,7 @@ MAIN_REF = $(shell git rev-parse -q --verify refs/heads/main >/dev/null 2>&1 && 
 comma := ,
 BUF_AGAINST ?= $(if $(and $(GIT_DIR_ABS),$(MAIN_REF)),$(GIT_DIR_ABS)#$(MAIN_REF)$(comma)subdir=protos)
 
-.PHONY: help install serve test pytest lint typecheck proto proto-check bench clean
+.PHONY: help install serve serve-replicas test pytest lint typecheck proto proto-check bench clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ $(BUF):
 
 serve: $(STAMP) ## start the server on $(LISTEN) with the in-memory store
 	$(VENV)/bin/runcontrol-server --listen $(LISTEN)
+
+serve-replicas: $(STAMP) ## a throwaway PostgreSQL and two replicas on 127.0.0.1:50051 and :50052
+	$(PY) -m runcontrol_server.replicas
 
 test: lint typecheck proto-check pytest node-test ## every check and every test (what CI runs)
 

@@ -25,7 +25,13 @@ from grpc_reflection.v1alpha import reflection
 
 from runcontrol.v1 import run_control_pb2
 
-from .config import Settings, log_level_number, retention_of, split_host_port
+from .config import (
+    EMBEDDED_SCHEME,
+    Settings,
+    log_level_number,
+    retention_of,
+    split_host_port,
+)
 from .domain.errors import ShuttingDown
 from .domain.manager import RunManager
 from .domain.store import RunStore
@@ -76,12 +82,19 @@ def build_store(settings: Settings) -> RunStore:
             history_limit=settings.history_size, history_max_age=history_max_age
         )
     try:
-        from .stores.postgres import PostgresRunStore
+        from .stores.postgres import EmbeddedPostgresRunStore, PostgresRunStore
     except ImportError as error:  # the optional driver is missing
         raise ConfigurationError(
-            f"--store {settings.store.split('://')[0]}://... needs the PostgreSQL driver: "
+            "a PostgreSQL store needs the PostgreSQL driver: "
             f"pip install 'runcontrol[postgres]' ({error})"
         ) from error
+    if settings.store.startswith(EMBEDDED_SCHEME):
+        return EmbeddedPostgresRunStore(
+            settings.store[len(EMBEDDED_SCHEME) :],
+            pool_size=settings.pool_size,
+            history_limit=settings.history_size,
+            history_max_age=history_max_age,
+        )
     return PostgresRunStore(
         settings.store,
         pool_size=settings.pool_size,

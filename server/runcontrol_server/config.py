@@ -127,12 +127,17 @@ def _log_level(value: str) -> str:
 
 
 STORE_SCHEMES = ("postgresql://", "postgres://")
+EMBEDDED_SCHEME = "embedded:"
 
 
 def _store(value: str) -> str:
     if value == "memory" or value.startswith(STORE_SCHEMES):
         return value
-    raise ValueError("expected 'memory' or a postgresql://USER@HOST:PORT/DB URL")
+    if value.startswith(EMBEDDED_SCHEME) and value[len(EMBEDDED_SCHEME) :]:
+        return value
+    raise ValueError(
+        "expected 'memory', a postgresql://USER@HOST:PORT/DB URL or embedded:DIRECTORY"
+    )
 
 
 def _page_token_key(value: str) -> str:
@@ -238,9 +243,10 @@ OPTIONS: tuple[Option, ...] = (
         "store",
         _store,
         "memory|URL",
-        "where runs live: memory (this process, lost on restart) or a PostgreSQL URL "
-        "(postgresql://USER@HOST:PORT/DB) that several replicas share; needs the "
-        "`postgres` extra",
+        "where runs live: memory (this process, lost on restart), a PostgreSQL URL "
+        "(postgresql://USER@HOST:PORT/DB) that several replicas share (the `postgres` "
+        "extra), or embedded:DIRECTORY, a private PostgreSQL this server runs in "
+        "DIRECTORY (the `embedded` extra): durable with one flag",
         secret=True,
     ),
     Option(

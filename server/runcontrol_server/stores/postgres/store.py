@@ -131,17 +131,9 @@ class PostgresRunStore:
         self._url = url
         self._history_limit = history_limit
         self._history_max_age = history_max_age
-        kwargs = {"autocommit": True, "options": "-c TimeZone=UTC"}
-        self._pool = AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=pool_size,
-            kwargs=kwargs,
-            timeout=connect_timeout,
-            open=False,
-            check=AsyncConnectionPool.check_connection,
-            name="runcontrol",
-        )
+        self._pool_size = pool_size
+        self._connect_timeout = connect_timeout
+        self._pool: AsyncConnectionPool[Any] | None = None
         self._opened = False
         self._closed = False
         # The newest bounds this process knows of (own commits, notifications, polls).
@@ -157,8 +149,19 @@ class PostgresRunStore:
         Idempotent. Raises StoreUnavailable when the database cannot be reached."""
         if self._opened:
             return
+        if self._pool is None:
+            self._pool = AsyncConnectionPool(
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+                timeout=self._connect_timeout,
+                open=False,
+                check=AsyncConnectionPool.check_connection,
+                name="runcontrol",
+            )
         try:
-            await self._pool.open(wait=True, timeout=self._pool.timeout)
+            await self._pool.open(wait=True, timeout=self._connect_timeout)
         except PoolTimeout as error:
             raise StoreUnavailable(f"cannot connect to the database: {error}") from error
         async with self._connection() as conn:
@@ -183,11 +186,14 @@ class PostgresRunStore:
                 if current is not None and current.cancelling():
                     raise
         self._wake()
-        await self._pool.close()
+        if self._pool is not None:
+            await self._pool.close()
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[_Conn]:
         """A pooled connection; the database being out of reach is StoreUnavailable."""
+        if self._pool is None:
+            raise RuntimeError("the store is not open (RunManager.start opens it)")
         try:
             async with self._pool.connection() as conn:
                 yield conn
