@@ -59,7 +59,9 @@ async def running(store: RunStore, **options: Any) -> AsyncIterator[RunManager]:
         await manager.start()
         yield manager
     finally:
-        await manager.close()
+        # Bounded: a close that hangs fails here, with its own traceback.
+        async with asyncio.timeout(BOUND):
+            await manager.close()
 
 
 @pytest.fixture

@@ -28,6 +28,7 @@ from datetime import UTC, datetime
 from .errors import InvalidArgument, RevisionCompacted, StoreUnavailable
 from .history import DEFAULT_MAX_CHANGES, ChangeHistory
 from .store import RunStore
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -92,13 +93,7 @@ class FeedCache:
         task, self._task = self._task, None
         if task is None:
             return
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await stop_task(task)
         self.history.wake()
 
     async def ready(self) -> None:

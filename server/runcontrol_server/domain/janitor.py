@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from .feed import FeedCache
 from .model import ChangeKind, ChangeSet
 from .store import RunStore
+from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
@@ -92,14 +93,7 @@ class Janitor:
         if task is None:
             return
         self._feed.history.remove_listener(self._on_change)
-        task.cancel()
-        try:
-            await task
-        except asyncio.CancelledError:
-            # Ours, unless the caller itself is being cancelled: then pass it on.
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
+        await stop_task(task)
 
     async def sweep(self) -> timedelta | None:
         """One round; returns how long until the next due time (None: nothing pending).

@@ -68,6 +68,7 @@ from ...domain.rules import (
     interrupt_reason,
     plan_create,
 )
+from ...domain.tasks import stop_task
 from .records import (
     ACTIVE_SQL,
     RUN_COLUMNS,
@@ -178,13 +179,7 @@ class PostgresRunStore:
             return
         self._closed = True
         if self._listener is not None:
-            self._listener.cancel()
-            try:
-                await self._listener
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+            await stop_task(self._listener)
         self._wake()
         if self._pool is not None:
             await self._pool.close()
