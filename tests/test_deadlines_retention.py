@@ -25,6 +25,7 @@ from runcontrol_server.domain import (
     RunManager,
     RunStatus,
 )
+from runcontrol_server.domain.errors import StoreUnavailable
 from runcontrol_server.domain.feed import FeedCache
 from runcontrol_server.domain.janitor import Janitor
 from runcontrol_server.domain.model import Run
@@ -242,14 +243,15 @@ async def test_an_earlier_deadline_wakes_the_sleeping_janitor() -> None:
 
 
 class _FailingOnceStore(InMemoryRunStore):
-    def __init__(self) -> None:
+    def __init__(self, error: Exception | None = None) -> None:
         super().__init__()
         self.failures = 1
+        self.error = error or RuntimeError("database went away")
 
     async def expire_due(self, now: datetime, limit: int) -> list[Run]:
         if self.failures:
             self.failures -= 1
-            raise RuntimeError("database went away")
+            raise self.error
         return await super().expire_due(now, limit)
 
 
@@ -267,6 +269,22 @@ async def test_a_failing_round_is_logged_and_the_loop_goes_on(
     (record,) = caplog.records
     assert "janitor round failed" in record.getMessage()
     assert record.exc_info is not None and "database went away" in str(record.exc_info[1])
+
+
+async def test_an_outage_is_a_warning_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store = _FailingOnceStore(StoreUnavailable("database unavailable: 57P01"))
+    janitor = Janitor(store, FeedCache(store), error_backoff=0.01)
+    with caplog.at_level(logging.WARNING, logger="runcontrol_server.domain.janitor"):
+        janitor.start()
+        try:
+            await until(lambda: janitor.rounds >= 1, "a round succeeded after the outage")
+        finally:
+            await janitor.stop()
+    (record,) = caplog.records
+    assert record.levelno == logging.WARNING and record.exc_info is None
+    assert "57P01" in record.getMessage()
 
 
 async def test_start_and_stop_are_idempotent_and_leave_no_task() -> None:

@@ -22,6 +22,7 @@ import asyncio
 import logging
 from datetime import datetime, timedelta
 
+from .errors import StoreUnavailable
 from .feed import FeedCache
 from .model import ChangeKind, ChangeSet
 from .store import RunStore
@@ -127,8 +128,14 @@ class Janitor:
             self._target = self._noted = None
             try:
                 delay = await self.sweep()
+            except StoreUnavailable as error:
+                # An outage, not a bug: no traceback, and the store says what is wrong.
+                log.warning(
+                    "janitor round failed (%s); retrying in %.1fs", error, self._error_backoff
+                )
+                await asyncio.sleep(self._error_backoff)
+                continue
             except Exception:
-                # The store failed (e.g. its database is unreachable): try again later.
                 log.exception("janitor round failed; retrying in %.1fs", self._error_backoff)
                 await asyncio.sleep(self._error_backoff)
                 continue

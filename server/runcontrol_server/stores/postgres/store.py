@@ -32,7 +32,12 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import sql
-from psycopg.errors import DeadlockDetected, SerializationFailure, UniqueViolation
+from psycopg.errors import (
+    DeadlockDetected,
+    ForeignKeyViolation,
+    SerializationFailure,
+    UniqueViolation,
+)
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -544,60 +549,78 @@ class PostgresRunStore:
     # -- deadlines and retention (every replica runs them; each takes effect once) ----
 
     async def expire_due(self, now: datetime, limit: int) -> list[Run]:
-        async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-            cursor = await conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status IN {ACTIVE_SQL}"
-                f" AND deadline <= %s ORDER BY deadline LIMIT %s"
-                f" FOR UPDATE SKIP LOCKED".encode(),
-                (now, limit),
-            )
-            await pipeline.sync()
-            due = [run_from_row(row) for row in await cursor.fetchall()]
-            cursors = []
-            for run in due:  # each expiry is its own revision
-                await conn.execute(_NEXT_REVISION.encode())
-                cursors.append(
-                    await conn.execute(
-                        f"UPDATE rc_runs SET status = 'timeout',"
-                        f" error = coalesce(error, 'deadline exceeded'),"
-                        f" updated_at = v.stamped_at, mod_revision = v.head"
-                        f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
-                        (run.run_id,),
-                    )
+        async with self._connection() as conn, conn.pipeline() as pipeline:
+            async with conn.transaction():
+                cursor = await conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status IN {ACTIVE_SQL}"
+                    f" AND deadline <= %s ORDER BY deadline LIMIT %s"
+                    f" FOR UPDATE SKIP LOCKED".encode(),
+                    (now, limit),
                 )
-                await self._record_changes(conn, [(run.run_id, "updated", run.status.value)])
-            await pipeline.sync()
+                await pipeline.sync()
+                due = [run_from_row(row) for row in await cursor.fetchall()]
+                cursors = []
+                for run in due:  # each expiry is its own revision
+                    await conn.execute(_NEXT_REVISION.encode())
+                    cursors.append(
+                        await conn.execute(
+                            f"UPDATE rc_runs SET status = 'timeout',"
+                            f" error = coalesce(error, 'deadline exceeded'),"
+                            f" updated_at = v.stamped_at, mod_revision = v.head"
+                            f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
+                            (run.run_id,),
+                        )
+                    )
+                    await self._record_changes(
+                        conn, [(run.run_id, "updated", run.status.value)], notify=False
+                    )
+                if due:
+                    await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+            # Read once the COMMIT went out with the writes (one round trip).
             expired = [run_from_row(row) for c in cursors if (row := await c.fetchone())]
         if expired:
             self._committed(expired[-1].mod_revision)
         return expired
 
     async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
-        async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
-            cursor = await conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status NOT IN {ACTIVE_SQL}"
-                f" AND updated_at <= %s ORDER BY updated_at LIMIT %s"
-                f" FOR UPDATE SKIP LOCKED".encode(),
-                (finished_before, limit),
-            )
-            await pipeline.sync()
-            purged = [run_from_row(row) for row in await cursor.fetchall()]
-            revision_cursor = None
-            for run in purged:  # each deletion is its own revision
-                revision_cursor = await conn.execute(_NEXT_REVISION.encode())
-                await self._record_changes(
-                    conn, [(run.run_id, "deleted", run.status.value)], notify=False
+        async with self._connection() as conn, conn.pipeline() as pipeline:
+            async with conn.transaction():
+                cursor = await conn.execute(
+                    f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status NOT IN {ACTIVE_SQL}"
+                    f" AND updated_at <= %s ORDER BY updated_at LIMIT %s"
+                    f" FOR UPDATE SKIP LOCKED".encode(),
+                    (finished_before, limit),
                 )
-                await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run.run_id,))
-            if purged:
-                await conn.execute(_NOTIFY.encode(), (CHANNEL,))
-            await pipeline.sync()
+                await pipeline.sync()
+                purged = [run_from_row(row) for row in await cursor.fetchall()]
+                revision_cursor = None
+                for run in purged:  # each deletion is its own revision
+                    revision_cursor = await conn.execute(_NEXT_REVISION.encode())
+                    await self._record_changes(
+                        conn, [(run.run_id, "deleted", run.status.value)], notify=False
+                    )
+                    await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run.run_id,))
+                if purged:
+                    await conn.execute(_NOTIFY.encode(), (CHANNEL,))
             head = None
             if revision_cursor is not None and (row := await revision_cursor.fetchone()):
                 head = int(row[0])
         if head is not None:
             self._committed(head)
+            await self._forget_empty_threads({run.thread_id for run in purged})
         return purged
+
+    async def _forget_empty_threads(self, thread_ids: set[str]) -> None:
+        """Delete the rows of threads left without runs, skipping any a writer holds
+        (its create then finds its thread gone and is retried: `_retrying`)."""
+        async with self._connection() as conn:
+            await conn.execute(
+                b"DELETE FROM rc_threads WHERE thread_id IN (SELECT t.thread_id"
+                b" FROM rc_threads t WHERE t.thread_id = ANY(%s::text[])"
+                b" AND NOT EXISTS (SELECT 1 FROM rc_runs r WHERE r.thread_id = t.thread_id)"
+                b" FOR UPDATE SKIP LOCKED)",
+                (sorted(thread_ids),),
+            )
 
     # -- internals ---------------------------------------------------------------------
 
@@ -623,11 +646,12 @@ class PostgresRunStore:
 
     async def _retrying(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         """Run `operation` again when it lost a race the database resolved by aborting
-        it (a deadlock victim, a serialisation failure, a request_id taken meanwhile)."""
+        it (a deadlock victim, a serialisation failure, a request_id taken meanwhile, a
+        thread row forgotten by the janitor between our insert and our lock)."""
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 return await operation()
-            except (*_LOST_RACE, UniqueViolation):
+            except (*_LOST_RACE, UniqueViolation, ForeignKeyViolation):
                 if attempt == _ATTEMPTS:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover

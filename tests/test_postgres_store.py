@@ -1,0 +1,104 @@
+"""PostgreSQL specifics beyond the shared contract: schema versions, outages, tidiness."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+import psycopg
+import pytest
+
+from runcontrol_server.domain import RunManager, RunStatus
+from runcontrol_server.domain.errors import StoreUnavailable
+from runcontrol_server.pgserver import LocalPostgres
+from runcontrol_server.stores.postgres import LATEST_VERSION, PostgresRunStore, SchemaTooNew
+
+BOUND = 30.0
+
+
+async def _scalar(url: str, query: str) -> object:
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        cursor = await conn.execute(query.encode())
+        row = await cursor.fetchone()
+        assert row is not None
+        return row[0]
+
+
+async def test_schema_is_created_once_and_versioned(pg_url: str) -> None:
+    stores = [PostgresRunStore(pg_url) for _ in range(3)]
+    try:
+        # Replicas starting together: the advisory lock makes each migration run once.
+        await asyncio.gather(*(store.open() for store in stores))
+        versions = await _scalar(pg_url, "SELECT array_agg(version) FROM rc_schema_version")
+        assert versions == list(range(1, LATEST_VERSION + 1))
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_a_schema_newer_than_this_code_is_refused(pg_url: str) -> None:
+    store = PostgresRunStore(pg_url)
+    await store.open()
+    await store.close()
+    async with await psycopg.AsyncConnection.connect(pg_url, autocommit=True) as conn:
+        await conn.execute(
+            b"INSERT INTO rc_schema_version (version, name) VALUES (%s, 'from the future')",
+            (LATEST_VERSION + 1,),
+        )
+    newer = PostgresRunStore(pg_url)
+    try:
+        with pytest.raises(SchemaTooNew, match="upgrade runcontrol"):
+            await newer.open()
+    finally:
+        await newer.close()
+
+
+async def test_threads_without_runs_are_forgotten_by_retention(pg_url: str) -> None:
+    store = PostgresRunStore(pg_url)
+    manager = RunManager(store, retention=timedelta(0))
+    await manager.start()
+    try:
+        run = (await manager.create_run("t1")).run
+        await manager.cancel_run(run.run_id)
+        async with asyncio.timeout(BOUND):
+            while await _scalar(pg_url, "SELECT count(*) FROM rc_threads") != 0:
+                await asyncio.sleep(0.01)  # polling the database, bounded above
+        # The thread is born again on its next create.
+        again = (await manager.create_run("t1")).run
+        assert again.status is RunStatus.PENDING
+    finally:
+        await manager.close()
+
+
+async def test_an_unreachable_database_is_store_unavailable() -> None:
+    with LocalPostgres() as pg:
+        store = PostgresRunStore(pg.url(), connect_timeout=0.5)
+        await store.open()
+        try:
+            run = (await RunManager(store).create_run("t1")).run
+            await asyncio.to_thread(pg.stop)
+            for call in (store.get_run(run.run_id), store.revision(), store.feed_bounds()):
+                with pytest.raises(StoreUnavailable):
+                    await call
+            await asyncio.to_thread(pg.start)
+            # The pool reconnects by itself.
+            async with asyncio.timeout(BOUND):
+                while True:
+                    try:
+                        assert await store.get_run(run.run_id) == run
+                        break
+                    except StoreUnavailable:
+                        await asyncio.sleep(0.05)
+        finally:
+            await store.close()
+
+
+async def test_opening_without_a_database_is_store_unavailable() -> None:
+    with LocalPostgres() as pg:
+        url = pg.url()
+    store = PostgresRunStore(url, connect_timeout=0.3)
+    try:
+        with pytest.raises(StoreUnavailable, match="cannot connect"):
+            await store.open()
+    finally:
+        await store.close()
