@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
 
 import psycopg
 import pytest
@@ -55,19 +54,20 @@ async def test_a_schema_newer_than_this_code_is_refused(pg_url: str) -> None:
 
 async def test_threads_without_runs_are_forgotten_by_retention(pg_url: str) -> None:
     store = PostgresRunStore(pg_url)
-    manager = RunManager(store, retention=timedelta(0))
-    await manager.start()
+    await store.open()
     try:
+        manager = RunManager(store)
         run = (await manager.create_run("t1")).run
+        kept = (await manager.create_run("t2")).run
         await manager.cancel_run(run.run_id)
-        async with asyncio.timeout(BOUND):
-            while await _scalar(pg_url, "SELECT count(*) FROM rc_threads") != 0:
-                await asyncio.sleep(0.01)  # polling the database, bounded above
-        # The thread is born again on its next create.
-        again = (await manager.create_run("t1")).run
-        assert again.status is RunStatus.PENDING
+        (purged,) = await store.purge_finished(await store.now(), 100)
+        assert purged.run_id == run.run_id
+        # t1 has no run left: its row is gone; t2 keeps its active run and its row.
+        assert await _scalar(pg_url, "SELECT array_agg(thread_id) FROM rc_threads") == ["t2"]
+        again = (await manager.create_run("t1")).run  # the thread is born again
+        assert again.status is RunStatus.PENDING and kept.status is RunStatus.PENDING
     finally:
-        await manager.close()
+        await store.close()
 
 
 async def test_an_unreachable_database_is_store_unavailable() -> None:
