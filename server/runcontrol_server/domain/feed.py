@@ -161,8 +161,14 @@ class FeedCache:
                 primed = False
             except Exception as error:
                 # The store is unreachable (or failing): watchers keep their cursors and
-                # get progress messages; the reader retries with a growing pause.
-                log.warning("reading the change feed failed (%s); retrying in %.2fs", error, delay)
+                # get progress messages; the reader retries with a growing pause. An
+                # outage is expected (no traceback); anything else is a bug.
+                log.warning(
+                    "reading the change feed failed (%s); retrying in %.2fs",
+                    error,
+                    delay,
+                    exc_info=not isinstance(error, StoreUnavailable),
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_DELAY_MAX)
 
