@@ -551,14 +551,13 @@ class PostgresRunStore:
     async def expire_due(self, now: datetime, limit: int) -> list[Run]:
         async with self._connection() as conn, conn.pipeline() as pipeline:
             async with conn.transaction():
-                cursor = await conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status IN {ACTIVE_SQL}"
-                    f" AND deadline <= %s ORDER BY deadline LIMIT %s"
-                    f" FOR UPDATE SKIP LOCKED".encode(),
+                due = await self._lock_batch(
+                    conn,
+                    pipeline,
+                    f"status IN {ACTIVE_SQL} AND deadline <= %s",
+                    "deadline",
                     (now, limit),
                 )
-                await pipeline.sync()
-                due = [run_from_row(row) for row in await cursor.fetchall()]
                 cursors = []
                 for run in due:  # each expiry is its own revision
                     await conn.execute(_NEXT_REVISION.encode())
@@ -585,14 +584,13 @@ class PostgresRunStore:
     async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
         async with self._connection() as conn, conn.pipeline() as pipeline:
             async with conn.transaction():
-                cursor = await conn.execute(
-                    f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE status NOT IN {ACTIVE_SQL}"
-                    f" AND updated_at <= %s ORDER BY updated_at LIMIT %s"
-                    f" FOR UPDATE SKIP LOCKED".encode(),
+                purged = await self._lock_batch(
+                    conn,
+                    pipeline,
+                    f"status NOT IN {ACTIVE_SQL} AND updated_at <= %s",
+                    "updated_at",
                     (finished_before, limit),
                 )
-                await pipeline.sync()
-                purged = [run_from_row(row) for row in await cursor.fetchall()]
                 revision_cursor = None
                 for run in purged:  # each deletion is its own revision
                     revision_cursor = await conn.execute(_NEXT_REVISION.encode())
@@ -623,6 +621,24 @@ class PostgresRunStore:
             )
 
     # -- internals ---------------------------------------------------------------------
+
+    async def _lock_batch(
+        self,
+        conn: _Conn,
+        pipeline: psycopg.AsyncPipeline,
+        where: str,
+        order: str,
+        params: tuple[Any, ...],
+    ) -> list[Run]:
+        """Lock and read up to `params[-1]` runs matching `where`, in `order`, skipping
+        runs another transaction holds (every replica's janitor runs this at once)."""
+        cursor = await conn.execute(
+            f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE {where} ORDER BY {order} LIMIT %s"
+            f" FOR UPDATE SKIP LOCKED".encode(),
+            params,
+        )
+        await pipeline.sync()
+        return [run_from_row(row) for row in await cursor.fetchall()]
 
     async def _lock_run(self, conn: _Conn, run_id: str, *, thread_locked: bool = False) -> Run:
         """Lock the run's thread, then the run (the one lock order), and read it."""
