@@ -126,9 +126,16 @@ class Worker:
         self.proc = proc
 
     def call(self, command: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
+        self.send(command)
+        return self.receive(command, timeout)
+
+    def send(self, command: dict[str, Any]) -> None:
+        """Send a command without waiting (`receive` takes its answer)."""
         assert self.proc.stdin is not None
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
+
+    def receive(self, command: dict[str, Any], timeout: float = 300.0) -> dict[str, Any]:
         answer: dict[str, Any] = json.loads(_readline(self.proc, timeout))
         if "error" in answer:
             raise RuntimeError(f"load worker failed on {command.get('op')}: {answer['error']}")
@@ -136,9 +143,9 @@ class Worker:
 
 
 @contextlib.contextmanager
-def worker_process(module: str = "bench.load") -> Iterator[Worker]:
+def worker_process(module: str = "bench.load", args: Sequence[str] = ()) -> Iterator[Worker]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", module],
+        [sys.executable, "-m", module, *args],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -194,6 +201,44 @@ def machine_info() -> dict[str, Any]:
         "protobuf_backend": api_implementation.Type(),
         "loadavg_at_start": list(os.getloadavg()),
     }
+
+
+def log(message: str) -> None:
+    """A progress line on stderr (stdout carries the results table)."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def _cpu_ticks(pid: int) -> int:
+    """utime + stime of a process (and of its reaped children), in clock ticks."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+            raw = stat.read()
+    except OSError:
+        return 0
+    fields = raw[raw.rfind(")") + 2 :].split()
+    return sum(int(field) for field in fields[11:15])
+
+
+def _child_pids(pid: int) -> list[int]:
+    """The direct children of `pid` (Linux /proc)."""
+    found = []
+    with contextlib.suppress(OSError):
+        for name in os.listdir("/proc"):
+            if not name.isdigit():
+                continue
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                with open(f"/proc/{name}/stat", encoding="ascii") as stat:
+                    raw = stat.read()
+                if int(raw[raw.rfind(")") + 2 :].split()[1]) == pid:
+                    found.append(int(name))
+    return found
+
+
+def cpu_seconds(pid: int, *, with_children: bool = False) -> float:
+    """CPU time (user + system) a process has used so far; with its live children (e.g.
+    a PostgreSQL postmaster and its backends) when asked. Linux /proc; 0.0 elsewhere."""
+    pids = [pid, *(_child_pids(pid) if with_children else [])]
+    return sum(_cpu_ticks(p) for p in pids) / os.sysconf("SC_CLK_TCK")
 
 
 def now_utc() -> str:

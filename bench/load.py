@@ -6,7 +6,8 @@ stdout. The same client code drives runcontrol ("subject") and the echo baseline
 (identity serializers), so client-side work is identical and only the server differs.
 
 Commands (`op`): `seed` (subject only: create the runs GetRun/ListRuns read and measure
-real message sizes), `unary`, `fanout`, `watch_cycles`, `quit`. Every loop is bounded
+real message sizes), `unary`, `fanout`, `watch_cycles`, `watch_latency` (subject only:
+one change at a time, from a writer replica to a watcher replica), `quit`. Every loop is bounded
 by a count and by a deadline (`budget`, seconds).
 """
 
@@ -277,6 +278,67 @@ class Load:
             await asyncio.gather(*tasks, return_exceptions=True)
             for channel in channels:
                 await channel.close()
+
+    async def watch_latency(
+        self, watch_target: str, write_target: str, events: int, budget: float
+    ) -> dict[str, Any]:
+        """Delivery latency of one change: a WatchRuns stream on `watch_target`, then
+        `events` CreateRuns (INTERRUPT, on the watched thread) sent one after the other
+        to `write_target`, each after the previous event arrived. A reader task stamps
+        every message as it arrives; latency = arrival - the create's answer (and -
+        its send). Bounded by `events` and by `budget` seconds."""
+        thread = self._thread("l")
+        change_request = create_request(thread, run_pb2.MULTITASK_STRATEGY_INTERRUPT)
+        watch: Stream = self.channel(watch_target).unary_stream(PREFIX["subject"] + "WatchRuns")
+        create = self._unary(write_target, "subject", "CreateRun")
+        deadline = time.perf_counter() + budget
+        arrivals: asyncio.Queue[float] = asyncio.Queue()
+        call = watch(watch_request(thread))
+
+        async def read() -> None:
+            while True:
+                message = await call.read()
+                if message is grpc.aio.EOF:
+                    return
+                arrivals.put_nowait(time.perf_counter())
+
+        from_answer: list[float] = []
+        from_send: list[float] = []
+        missed = 0
+        reader: asyncio.Task[None] | None = None
+        try:
+            await asyncio.wait_for(call.read(), CALL_TIMEOUT)  # registered: initial set
+            reader = asyncio.ensure_future(read())
+            for _ in range(events):
+                left = deadline - time.perf_counter()
+                if left <= 0:
+                    break
+                sent = time.perf_counter()
+                await create(change_request, timeout=CALL_TIMEOUT)
+                answered = time.perf_counter()
+                try:
+                    arrived = await asyncio.wait_for(arrivals.get(), min(left, CALL_TIMEOUT))
+                except TimeoutError:
+                    missed += 1
+                    break
+                from_answer.append((arrived - answered) * 1e3)
+                from_send.append((arrived - sent) * 1e3)
+            extra = arrivals.qsize()  # more messages than changes: batching went wrong
+        finally:
+            call.cancel()
+            if reader is not None:
+                reader.cancel()
+                await asyncio.gather(reader, return_exceptions=True)
+        return {
+            "events": len(from_answer),
+            "missed": missed,
+            "extra_messages": extra,
+            "p50_ms": median(from_answer),
+            "p99_ms": percentile(from_answer, 0.99),
+            "max_ms": max(from_answer, default=0.0),
+            "send_p50_ms": median(from_send),
+            "send_p99_ms": percentile(from_send, 0.99),
+        }
 
     async def watch_cycles(
         self, target: str, service: str, cycles: int, concurrency: int, budget: float

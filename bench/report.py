@@ -24,6 +24,8 @@ FANOUT_GOALS = {1000: 0.70}
 MANAGER_RATIO_GOAL = 20.0
 FLATNESS_GOAL = 0.8
 WATCH_RSS_GOAL_MB = 5.0
+# PostgreSQL store CreateRun QPS / bare psycopg loop QPS (same cluster, pool, concurrency).
+PG_CREATE_GOAL = 0.5
 
 
 def _metric(
@@ -41,7 +43,7 @@ def _metric(
     goal_text: str = "-",
     passed: bool | None = None,
     note: str = "",
-    chart: tuple[float, float] | None = None,
+    chart: tuple[float, float | None] | None = None,
 ) -> Metric:
     if passed is None and goal_op is not None and goal is not None and value is not None:
         passed = {">=": value >= goal, "<=": value <= goal, "<": value < goal}[goal_op]
@@ -61,7 +63,8 @@ def _metric(
         "goal_text": goal_text,
         "passed": passed,
         "note": note,
-        # (value, goal) on a ratio scale for the chart; None: not charted.
+        # (value, goal) on a ratio scale for the chart (goal None: charted for
+        # information, grey, no goal mark); None: not charted.
         "chart": list(chart) if chart else None,
     }
 
@@ -286,6 +289,105 @@ def _memory_metrics(raw: dict[str, Any]) -> list[Metric]:
     return out
 
 
+def _busy(side: dict[str, Any], process: str, name: str) -> str:
+    cores = side["cpu_cores"]
+    return f"{name} {cores[process]:.2f} + postgres {cores['postgres']:.2f}"
+
+
+def _postgres_metrics(pg: dict[str, Any]) -> list[Metric]:
+    if "unavailable" in pg:
+        why = pg["unavailable"]
+        label = "PostgreSQL CreateRun QPS c64 / bare psycopg"
+        return [_unavailable("pg_create", label, "postgres", why, f">= {PG_CREATE_GOAL:.2f}")]
+    out: list[Metric] = []
+    tp, conc = pg["throughput"], pg["concurrency"]
+    server = tp["server"]
+    ratio = _ratio(server["qps"], tp["bare"]["qps"])
+    out.append(
+        _metric(
+            "pg_create",
+            f"PostgreSQL CreateRun QPS c{conc} / bare psycopg",
+            "postgres",
+            subject=server["qps"],
+            baseline=tp["bare"]["qps"],
+            unit="calls/s",
+            value=ratio,
+            goal_op=">=",
+            goal=PG_CREATE_GOAL,
+            goal_text=f">= {PG_CREATE_GOAL:.2f}",
+            note=f"cores busy: {_busy(server, 'server', 'runcontrol')}; "
+            f"{_busy(tp['bare'], 'client', 'bare loop')}",
+            chart=(ratio, PG_CREATE_GOAL),
+        )
+    )
+    # (id, label, subject side, baseline side, note)
+    pairs = [
+        (
+            "pg_create_counter",
+            f"PostgreSQL CreateRun QPS c{conc} / bare psycopg + counter row",
+            "server",
+            "bare_counter",
+            "",
+        ),
+        (
+            "pg_counter_cost",
+            f"bare psycopg + counter row / bare psycopg, QPS c{conc}",
+            "bare_counter",
+            "bare",
+            "one round trip: the row held while the database runs the tail",
+        ),
+        (
+            "pg_counter_cost_tx",
+            f"the same with psycopg transaction(), QPS c{conc}",
+            "bare_counter_tx",
+            "bare_tx",
+            "as the store sends it: the row held across a round trip to the client",
+        ),
+        (
+            "pg_tx_cost",
+            f"bare psycopg transaction() / one round trip, QPS c{conc}",
+            "bare_tx",
+            "bare",
+            "psycopg syncs at BEGIN, block end and COMMIT in pipeline mode",
+        ),
+    ]
+    for metric_id, label, subject, baseline, note in pairs:
+        ratio = _ratio(tp[subject]["qps"], tp[baseline]["qps"])
+        busy = _busy(tp[subject], "client", "bare loop") if subject != "server" else ""
+        out.append(
+            _metric(
+                metric_id,
+                label,
+                "postgres",
+                subject=tp[subject]["qps"],
+                baseline=tp[baseline]["qps"],
+                unit="calls/s",
+                value=ratio,
+                note="; ".join(filter(None, [note, busy and f"cores busy: {busy}"])),
+                chart=(ratio, None),
+            )
+        )
+    latency = pg["latency"]
+    cross, same = latency["cross"], latency["same"]
+    for pct in ("p50", "p99"):
+        ratio = _ratio(cross[f"{pct}_ms"], same[f"{pct}_ms"])
+        out.append(
+            _metric(
+                f"pg_watch_{pct}",
+                f"watch delivery {pct}, cross-replica / same replica",
+                "postgres",
+                subject=cross[f"{pct}_ms"],
+                baseline=same[f"{pct}_ms"],
+                unit="ms",
+                value=ratio,
+                note="from the create's answer to the event; from its send: "
+                f"{cross[f'send_{pct}_ms']:.2f} vs {same[f'send_{pct}_ms']:.2f} ms",
+                chart=(ratio, None),
+            )
+        )
+    return out
+
+
 def build_metrics(raw: dict[str, Any]) -> list[Metric]:
     metrics: list[Metric] = []
     if "grpc" in raw:
@@ -294,6 +396,8 @@ def build_metrics(raw: dict[str, Any]) -> list[Metric]:
     if "manager" in raw:
         metrics += _manager_metrics(raw["manager"])
     metrics += _memory_metrics(raw)
+    if "postgres" in raw:
+        metrics += _postgres_metrics(raw["postgres"])
     return metrics
 
 
@@ -366,25 +470,31 @@ def chart(metrics: list[Metric], path: Path, *, title: str) -> bool:
         return False
     labels = [m["label"] + (" (MB)" if m["unit"] == "MB" else "") for m in charted]
     values = [max(m["chart"][0], 0.01) for m in charted]
-    goals = [m["chart"][1] for m in charted]
-    colors = ["#2e7d32" if m["passed"] else "#c62828" for m in charted]
+    goals: list[float | None] = [m["chart"][1] for m in charted]
+    colors = [{True: "#2e7d32", False: "#c62828", None: "#9e9e9e"}[m["passed"]] for m in charted]
     fig, ax = plt.subplots(figsize=(10, 0.45 * len(charted) + 1.6))
     positions = list(range(len(charted)))[::-1]
     ax.barh(positions, values, color=colors, height=0.6)
-    ax.scatter(goals, positions, marker="|", s=600, color="black", zorder=3)
-    for y, metric, value in zip(positions, charted, values, strict=True):
-        ax.annotate(
-            f" {metric['value_text']} (goal {metric['goal_text']})",
-            (value, y),
-            va="center",
-            fontsize=8,
+    marked = [(g, y) for g, y in zip(goals, positions, strict=True) if g is not None]
+    if marked:
+        ax.scatter(
+            [g for g, _ in marked],
+            [y for _, y in marked],
+            marker="|",
+            s=600,
+            color="black",
+            zorder=3,
         )
+    for y, metric, value in zip(positions, charted, values, strict=True):
+        text = "info" if metric["goal"] is None else f"goal {metric['goal_text']}"
+        ax.annotate(f" {metric['value_text']} ({text})", (value, y), va="center", fontsize=8)
     ax.set_yticks(positions)
     ax.set_yticklabels(labels, fontsize=8)
     ax.set_xscale("log")
     # Room on the right for the value labels.
-    ax.set_xlim(min([*values, *goals]) / 2, max([*values, *goals]) * 30)
-    ax.set_xlabel("measured / baseline (log scale); green = goal met, | = goal")
+    scale = [*values, *(g for g in goals if g is not None)]
+    ax.set_xlim(min(scale) / 2, max(scale) * 30)
+    ax.set_xlabel("measured / baseline (log scale); green = goal met, grey = info, | = goal")
     ax.set_title(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -401,6 +511,22 @@ def _machine_lines(raw: dict[str, Any]) -> list[str]:
         f"- Python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']} "
         f"(backend `{m['protobuf_backend']}`)",
         f"- load average when the run started: {load} (other work on the machine adds noise)",
+        *_postgres_lines(raw),
+    ]
+
+
+def _postgres_lines(raw: dict[str, Any]) -> list[str]:
+    pg = raw.get("postgres")
+    if pg is None or "unavailable" in pg:
+        return []
+    settings = pg["settings"]
+    version = " ".join(settings["version"].split()[:2])
+    mode = "durable" if pg["durable"] else "not durable, as in the tests"
+    return [
+        f"- {version} (one local cluster for the section, a fresh database per side), "
+        f"fsync={settings['fsync']}, synchronous_commit={settings['synchronous_commit']} "
+        f"({mode}; both sides alike); pool {pg['pool_size']} connections on both sides, "
+        f"bare loop on {pg['bare_loop']}",
     ]
 
 

@@ -2,7 +2,9 @@
 
 Starts runcontrol and the echo baseline as server subprocesses on 127.0.0.1, drives
 them from a separate load process (`bench.load`), runs the in-process manager and
-memory benchmarks in their own subprocesses, and hands everything to `report`.
+memory benchmarks in their own subprocesses, measures the PostgreSQL store against a
+bare psycopg loop on a throwaway local cluster (`bench.postgres`), and hands
+everything to `report`.
 Baseline and subject rounds are interleaved (A/B, then B/A) after a warm-up; the
 median of the rounds is reported.
 """
@@ -11,9 +13,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from .common import (
     REPO_ROOT,
     Server,
     Worker,
+    log,
     machine_info,
     median,
     now_utc,
@@ -29,6 +31,7 @@ from .common import (
     server_process,
     worker_process,
 )
+from .postgres import postgres_section
 
 SERVICES = ("echo", "subject")
 METHODS = ("create", "get", "list")
@@ -52,6 +55,19 @@ class Plan:
     manager_max_seconds: float
     expire_runs: int
     expire_warmup: int
+    # PostgreSQL (`bench.postgres`): timed CreateRun rounds at pg_concurrency against
+    # the bare psycopg loop, both over pools of pg_pool_size connections; watch
+    # delivery latency over latency_events changes per round (each bounded by
+    # pg_budget seconds); pg_durable: fsync and synchronous commit on (--pg-durable).
+    pg_seconds: float
+    pg_warmup_seconds: float
+    pg_max_ops: int
+    latency_events: int
+    latency_warmup_events: int
+    pg_concurrency: int = 64
+    pg_pool_size: int = 10
+    pg_budget: float = 60.0
+    pg_durable: bool = False
 
 
 QUICK = Plan(
@@ -69,6 +85,11 @@ QUICK = Plan(
     manager_max_seconds=0.03,
     expire_runs=20_000,
     expire_warmup=10_000,
+    pg_seconds=1.0,
+    pg_warmup_seconds=0.5,
+    pg_max_ops=50_000,
+    latency_events=50,
+    latency_warmup_events=10,
 )
 FULL = Plan(
     mode="full",
@@ -85,11 +106,12 @@ FULL = Plan(
     manager_max_seconds=0.25,
     expire_runs=100_000,
     expire_warmup=20_000,
+    pg_seconds=3.0,
+    pg_warmup_seconds=1.0,
+    pg_max_ops=1_000_000,
+    latency_events=300,
+    latency_warmup_events=30,
 )
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
 def _order(round_index: int) -> tuple[str, ...]:
@@ -251,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="the < 1 minute run")
     parser.add_argument(
         "--only",
-        choices=("grpc", "manager", "memory"),
+        choices=("grpc", "manager", "memory", "postgres"),
         action="append",
         help="run only these sections (repeatable); the report covers what ran",
     )
@@ -259,9 +281,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--markdown", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
     parser.add_argument("--no-markdown", action="store_true", help="leave BENCHMARKS.md alone")
     parser.add_argument("--strict", action="store_true", help="exit 1 when a goal is missed")
+    parser.add_argument(
+        "--pg-durable",
+        action="store_true",
+        help="PostgreSQL section with fsync and synchronous commit on (default: the tests' "
+        "LocalPostgres settings, fsync off; both sides always share the cluster's settings)",
+    )
     args = parser.parse_args(argv)
     plan = QUICK if args.quick else FULL
-    sections = set(args.only or ("grpc", "manager", "memory"))
+    if args.pg_durable:
+        plan = replace(plan, pg_durable=True)
+    sections = set(args.only or ("grpc", "manager", "memory", "postgres"))
     started = time.perf_counter()
     raw: dict[str, Any] = {"plan": asdict(plan), "machine": machine_info(), "date": now_utc()}
 
@@ -290,6 +320,11 @@ def main(argv: list[str] | None = None) -> int:
             ["--runs", str(plan.expire_runs), "--warmup", str(plan.expire_warmup)],
             timeout=600.0,
         )
+    if "postgres" in sections:
+        log("postgres: store vs bare psycopg, watch delivery across replicas")
+        raw["postgres"] = postgres_section(plan)
+        if "unavailable" in raw["postgres"]:
+            log(f"postgres: unavailable: {raw['postgres']['unavailable']}")
     raw["elapsed_seconds"] = time.perf_counter() - started
     metrics = report.build_metrics(raw)
     print(report.table(metrics))
@@ -301,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_markdown:
         report.write_markdown(args.markdown, raw, metrics, chart_path if chart_written else None)
     if not chart_written:
-        log("no chart: matplotlib is missing (pip install -e '.[bench]')")
+        log("no chart: matplotlib is missing (pip install -e '.[bench]') or nothing to chart")
     written = [json_path, *([chart_path] if chart_written else [])]
     written += [] if args.no_markdown else [args.markdown]
     log(f"done in {raw['elapsed_seconds']:.0f}s: {', '.join(map(str, written))}")
