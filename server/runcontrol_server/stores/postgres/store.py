@@ -24,7 +24,10 @@ Replicas learn of each other's commits through LISTEN/NOTIFY carrying the revisi
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
@@ -38,6 +41,7 @@ from psycopg.errors import (
     SerializationFailure,
     UniqueViolation,
 )
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
@@ -90,6 +94,8 @@ DEFAULT_POOL_SIZE = 10
 CHANNEL = "runcontrol_feed"
 # How long a call waits for a pooled connection before answering UNAVAILABLE.
 DEFAULT_CONNECT_TIMEOUT = 5.0
+# A pooled connection idle longer than this is checked (one round trip) before use.
+IDLE_CHECK_AFTER = 1.0
 # Attempts of one operation that lost a race (deadlock victim, request_id raced).
 _ATTEMPTS = 3
 _LISTEN_RETRY_MAX = 2.0
@@ -147,6 +153,8 @@ class PostgresRunStore:
         self._compact_seen = 0
         self._waiters: set[asyncio.Future[None]] = set()
         self._listener: asyncio.Task[None] | None = None
+        # When each pooled connection was last given back (see `_check_if_idle`).
+        self._returned_at: weakref.WeakKeyDictionary[_Conn, float] = weakref.WeakKeyDictionary()
 
     # -- life cycle --------------------------------------------------------------------
 
@@ -163,7 +171,8 @@ class PostgresRunStore:
                 kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
                 timeout=self._connect_timeout,
                 open=False,
-                check=AsyncConnectionPool.check_connection,
+                check=self._check_if_idle,
+                reset=self._returned,
                 name="runcontrol",
             )
         try:
@@ -203,6 +212,38 @@ class PostgresRunStore:
             if isinstance(error, _LOST_RACE):
                 raise
             raise StoreUnavailable(f"database unavailable: {error.sqlstate or error}") from error
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[tuple[_Conn, psycopg.AsyncPipeline]]:
+        """One transaction in pipeline mode, BEGIN and COMMIT sent as plain statements.
+
+        Nothing is synced but where the caller reads (`pipeline.sync()` or a fetch), so
+        the revision row's UPDATE, the writes and the COMMIT travel in one round trip
+        (psycopg's `transaction()` would sync after BEGIN and before COMMIT). A failure
+        anywhere, including in the COMMIT's round trip, leaves the connection rolled back.
+        """
+        async with self._connection() as conn:
+            try:
+                async with conn.pipeline() as pipeline:
+                    await conn.execute(b"BEGIN")
+                    yield conn, pipeline
+                    await conn.execute(b"COMMIT")
+            except BaseException:
+                if conn.info.transaction_status != TransactionStatus.IDLE and not conn.broken:
+                    with contextlib.suppress(psycopg.Error):
+                        await conn.execute(b"ROLLBACK")
+                raise
+
+    async def _check_if_idle(self, conn: _Conn) -> None:
+        """The pool's check before lending a connection: a round trip, but only for a
+        connection idle long enough to have been dropped (a database restart, a proxy's
+        idle timeout); a busy pool lends without one."""
+        returned = self._returned_at.get(conn)
+        if returned is None or time.monotonic() - returned > IDLE_CHECK_AFTER:
+            await AsyncConnectionPool.check_connection(conn)
+
+    async def _returned(self, conn: _Conn) -> None:
+        self._returned_at[conn] = time.monotonic()
 
     async def _fetch(self, query: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
         async with self._connection() as conn:
@@ -376,7 +417,7 @@ class PostgresRunStore:
 
     async def _create(self, draft: RunDraft, fingerprint: str) -> CreateOutcome:
         thread_id = draft.thread_id
-        async with self._connection() as conn, conn.pipeline() as pipeline, conn.transaction():
+        async with self._transaction() as (conn, pipeline):
             await conn.execute(
                 b"INSERT INTO rc_threads (thread_id) VALUES (%s) ON CONFLICT DO NOTHING",
                 (thread_id,),
@@ -469,7 +510,7 @@ class PostgresRunStore:
         return await self._retrying(lambda: self._set_status(change))
 
     async def _set_status(self, change: StatusChange) -> TransitionOutcome:
-        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._transaction() as (conn, _):
             earlier_cursor = None
             if change.status is RunStatus.RUNNING:
                 # Sent with the locks (one round trip), read after them: the runs of
@@ -508,7 +549,7 @@ class PostgresRunStore:
         return await self._retrying(lambda: self._cancel(run_id, action, reason))
 
     async def _cancel(self, run_id: str, action: CancelAction, reason: str) -> CancelOutcome:
-        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._transaction() as (conn, _):
             run = await self._lock_run(conn, run_id)
             if not run.is_active:
                 return CancelOutcome(run, cancelled=False)
@@ -530,7 +571,7 @@ class PostgresRunStore:
         return await self._retrying(lambda: self._delete(run_id, expected_mod_revision))
 
     async def _delete(self, run_id: str, expected_mod_revision: int | None) -> DeleteOutcome:
-        async with self._connection() as conn, conn.pipeline(), conn.transaction():
+        async with self._transaction() as (conn, _):
             run = await self._lock_run(conn, run_id)
             if expected_mod_revision is not None and expected_mod_revision != run.mod_revision:
                 raise RevisionMismatch(run_id, expected_mod_revision, run.mod_revision)
@@ -549,60 +590,58 @@ class PostgresRunStore:
     # -- deadlines and retention (every replica runs them; each takes effect once) ----
 
     async def expire_due(self, now: datetime, limit: int) -> list[Run]:
-        async with self._connection() as conn, conn.pipeline() as pipeline:
-            async with conn.transaction():
-                due = await self._lock_batch(
-                    conn,
-                    pipeline,
-                    f"status IN {ACTIVE_SQL} AND deadline <= %s",
-                    "deadline",
-                    (now, limit),
+        async with self._transaction() as (conn, pipeline):
+            due = await self._lock_batch(
+                conn,
+                pipeline,
+                f"status IN {ACTIVE_SQL} AND deadline <= %s",
+                "deadline",
+                (now, limit),
+            )
+            cursors = []
+            for run in due:  # each expiry is its own revision
+                await conn.execute(_NEXT_REVISION.encode())
+                cursors.append(
+                    await conn.execute(
+                        f"UPDATE rc_runs SET status = 'timeout',"
+                        f" error = coalesce(error, 'deadline exceeded'),"
+                        f" updated_at = v.stamped_at, mod_revision = v.head"
+                        f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
+                        (run.run_id,),
+                    )
                 )
-                cursors = []
-                for run in due:  # each expiry is its own revision
-                    await conn.execute(_NEXT_REVISION.encode())
-                    cursors.append(
-                        await conn.execute(
-                            f"UPDATE rc_runs SET status = 'timeout',"
-                            f" error = coalesce(error, 'deadline exceeded'),"
-                            f" updated_at = v.stamped_at, mod_revision = v.head"
-                            f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
-                            (run.run_id,),
-                        )
-                    )
-                    await self._record_changes(
-                        conn, [(run.run_id, "updated", run.status.value)], notify=False
-                    )
-                if due:
-                    await conn.execute(_NOTIFY.encode(), (CHANNEL,))
-            # Read once the COMMIT went out with the writes (one round trip).
-            expired = [run_from_row(row) for c in cursors if (row := await c.fetchone())]
+                await self._record_changes(
+                    conn, [(run.run_id, "updated", run.status.value)], notify=False
+                )
+            if due:
+                await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+        # Read once the COMMIT went out with the writes (one round trip).
+        expired = [run_from_row(row) for c in cursors if (row := await c.fetchone())]
         if expired:
             self._committed(expired[-1].mod_revision)
         return expired
 
     async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
-        async with self._connection() as conn, conn.pipeline() as pipeline:
-            async with conn.transaction():
-                purged = await self._lock_batch(
-                    conn,
-                    pipeline,
-                    f"status NOT IN {ACTIVE_SQL} AND updated_at <= %s",
-                    "updated_at",
-                    (finished_before, limit),
+        async with self._transaction() as (conn, pipeline):
+            purged = await self._lock_batch(
+                conn,
+                pipeline,
+                f"status NOT IN {ACTIVE_SQL} AND updated_at <= %s",
+                "updated_at",
+                (finished_before, limit),
+            )
+            revision_cursor = None
+            for run in purged:  # each deletion is its own revision
+                revision_cursor = await conn.execute(_NEXT_REVISION.encode())
+                await self._record_changes(
+                    conn, [(run.run_id, "deleted", run.status.value)], notify=False
                 )
-                revision_cursor = None
-                for run in purged:  # each deletion is its own revision
-                    revision_cursor = await conn.execute(_NEXT_REVISION.encode())
-                    await self._record_changes(
-                        conn, [(run.run_id, "deleted", run.status.value)], notify=False
-                    )
-                    await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run.run_id,))
-                if purged:
-                    await conn.execute(_NOTIFY.encode(), (CHANNEL,))
-            head = None
-            if revision_cursor is not None and (row := await revision_cursor.fetchone()):
-                head = int(row[0])
+                await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run.run_id,))
+            if purged:
+                await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+        head = None
+        if revision_cursor is not None and (row := await revision_cursor.fetchone()):
+            head = int(row[0])
         if head is not None:
             self._committed(head)
             await self._forget_empty_threads({run.thread_id for run in purged})
