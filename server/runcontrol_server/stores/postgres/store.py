@@ -6,9 +6,9 @@ Each operation is one transaction of at most two round trips (psycopg pipeline m
    serialises every strategy on one thread, ENQUEUE's several active runs included),
    then the runs it will change (`FOR UPDATE`);
 2. the domain's rules decide in Python (`rules`, the same code as the in-memory store),
-   then the writes go out in one pipeline that takes the ONE revision row last
-   (`UPDATE rc_revision ... RETURNING head`), writes the runs and their change rows,
-   NOTIFYs and COMMITs. The revision row lock is held only while the database executes
+   then the writes go out as ONE statement (data-modifying CTEs) that takes the ONE
+   revision row first (`UPDATE rc_revision ... RETURNING head`), writes the runs and
+   their change rows and NOTIFYs, sent with the COMMIT in one round trip. The revision row lock is held only while the database executes
    that pipeline, never across a round trip to this process, so revisions are gapless
    and committed in revision order (a reader never sees N+1 before N) at little cost.
 
@@ -105,27 +105,123 @@ _T = TypeVar("_T")
 # Aborts the database uses to resolve a race; the operation is simply run again.
 _LOST_RACE = (DeadlockDetected, SerializationFailure)
 
-# Allocates the next revision and the database time of it (taken last: see above).
-_NEXT_REVISION = (
-    "UPDATE rc_revision SET head = head + 1,"
-    " stamped_at = greatest(stamped_at, clock_timestamp()) RETURNING head"
+# Allocates the next revision and the database time of it: the first CTE of every
+# write's tail, which is one statement sent with the COMMIT (see the module docstring).
+_NEXT_REVISION = """
+    UPDATE rc_revision SET head = head + 1,
+        stamped_at = greatest(stamped_at, clock_timestamp())
+    RETURNING head, stamped_at"""
+_NOTIFY = "LATERAL (SELECT pg_notify(%(channel)s, 'h' || v.head)) AS notified"
+
+
+def _update_tail(assignments: str) -> bytes:
+    """One run's change as one statement: the revision, the update (`assignments`,
+    the run aliased `r`), its change row and the NOTIFY; answers the updated run."""
+    return f"""
+WITH v AS ({_NEXT_REVISION}
+), u AS (
+    UPDATE rc_runs r SET {assignments}, updated_at = v.stamped_at, mod_revision = v.head
+    FROM v WHERE r.run_id = %(run_id)s
+    RETURNING r.*
+), c AS (
+    INSERT INTO rc_changes (revision, idx, kind, prev_status, record, committed_at)
+    SELECT v.head, 1, 'updated', %(prev_status)s, to_jsonb(u), v.stamped_at FROM v, u
 )
-# The change rows of one revision: the given runs as they are now, in the given order.
-_INSERT_CHANGES = (
-    "INSERT INTO rc_changes (revision, idx, kind, prev_status, record, committed_at)"
-    " SELECT v.head, c.idx, c.kind, c.prev_status, to_jsonb(x), v.stamped_at"
-    " FROM rc_revision v,"
-    " unnest(%s::text[], %s::text[], %s::text[])"
-    " WITH ORDINALITY AS c(run_id, kind, prev_status, idx)"
-    " JOIN rc_runs x ON x.run_id = c.run_id"
+SELECT {", ".join("u." + c for c in Run._fields)} FROM u, v, {_NOTIFY}
+""".encode()
+
+
+_SET_STATUS_TAIL = _update_tail("status = %(status)s, error = %(error)s, worker_id = %(worker_id)s")
+_CANCEL_TAIL = _update_tail(
+    "status = 'interrupted', cancel_action = %(action)s, cancel_reason = %(reason)s"
 )
-_NOTIFY = "SELECT pg_notify(%s, 'h' || head) FROM rc_revision"
+_EXPIRE_TAIL = _update_tail("status = 'timeout', error = coalesce(r.error, 'deadline exceeded')")
+# A deletion: the DELETED change carries the run's last record (read in the same
+# snapshot as the DELETE); answers the revision.
+_DELETE_TAIL = f"""
+WITH v AS ({_NEXT_REVISION}
+), c AS (
+    INSERT INTO rc_changes (revision, idx, kind, prev_status, record, committed_at)
+    SELECT v.head, 1, 'deleted', r.status, to_jsonb(r), v.stamped_at
+    FROM v, rc_runs r WHERE r.run_id = %(run_id)s
+), d AS (
+    DELETE FROM rc_runs WHERE run_id = %(run_id)s
+)
+SELECT v.head FROM v, {_NOTIFY}
+""".encode()
+# Lock the thread row, creating it if needed (one statement, atomic either way).
+_LOCK_THREAD = (
+    b"INSERT INTO rc_threads (thread_id) VALUES (%s)"
+    b" ON CONFLICT (thread_id) DO UPDATE SET thread_id = EXCLUDED.thread_id"
+)
+
+# CreateRun's writes as one statement: the revision (taken last: see the module
+# docstring), the interrupted runs, the new run, their change rows, the request_id's
+# first answer and the NOTIFY. Data-modifying CTEs all run, in one snapshot; the change
+# rows are built from what the writes RETURN. Answers the new run (k = 0), then the
+# interrupted ones (k = 1).
+_CREATE_TAIL = f"""
+WITH v AS ({_NEXT_REVISION}
+), i AS (
+    UPDATE rc_runs r SET status = 'interrupted', cancel_action = %(action)s,
+        cancel_reason = %(reason)s, updated_at = v.stamped_at, mod_revision = v.head
+    FROM v WHERE r.run_id = ANY(%(ids)s::text[])
+    RETURNING r.*
+), n AS (
+    INSERT INTO rc_runs ({RUN_COLUMNS})
+    SELECT %(run_id)s, %(thread_id)s, %(assistant_id)s, 'pending', %(on_disconnect)s,
+        %(strategy)s, %(metadata)s, %(kwargs)s, v.stamped_at, v.stamped_at, v.head, v.head,
+        NULL, 'interrupt', NULL, NULL, v.stamped_at + %(timeout)s::interval, %(request_id)s
+    FROM v
+    RETURNING *
+), c AS (
+    INSERT INTO rc_changes (revision, idx, kind, prev_status, record, committed_at)
+    SELECT v.head, u.idx, 'updated', u.prev_status, to_jsonb(i), v.stamped_at
+    FROM v, unnest(%(ids)s::text[], %(prevs)s::text[])
+        WITH ORDINALITY AS u(run_id, prev_status, idx)
+    JOIN i ON i.run_id = u.run_id
+    UNION ALL
+    SELECT v.head, cardinality(%(ids)s::text[]) + 1, 'created', NULL, to_jsonb(n),
+        v.stamped_at
+    FROM v, n
+), q AS (
+    INSERT INTO rc_requests (request_id, fingerprint, run_id, outcome)
+    SELECT %(request_id)s, %(fingerprint)s, n.run_id, jsonb_build_object(
+        'run', to_jsonb(n),
+        'interrupted', coalesce(
+            (SELECT jsonb_agg(to_jsonb(i) ORDER BY i.create_revision) FROM i), '[]'::jsonb),
+        'queued_behind', %(queued_behind)s::jsonb)
+    FROM n WHERE %(request_id)s::text IS NOT NULL
+)
+SELECT 0 AS k, {", ".join("n." + c for c in Run._fields)}
+FROM n, v, {_NOTIFY}
+UNION ALL
+SELECT 1 AS k, {", ".join("i." + c for c in Run._fields)} FROM i
+ORDER BY k
+""".encode()
+
+
+def _by_creation(run: Run) -> int:
+    return run.create_revision
+
+
 _LOCK_THREAD_OF_RUN = (
-    "SELECT 1 FROM rc_threads WHERE thread_id ="
-    " (SELECT thread_id FROM rc_runs WHERE run_id = %s) FOR UPDATE"
+    b"SELECT 1 FROM rc_threads WHERE thread_id ="
+    b" (SELECT thread_id FROM rc_runs WHERE run_id = %s) FOR UPDATE"
 )
-_LOCK_RUN = f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE run_id = %s FOR UPDATE"
-_RETURNING_RUN = "RETURNING " + ", ".join(f"rc_runs.{c}" for c in Run._fields)
+_LOCK_RUN = f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE run_id = %s FOR UPDATE".encode()
+# The thread's active runs, oldest first, locked (a create decides on them).
+_LOCK_ACTIVE = (
+    f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE thread_id = %s"
+    f" AND status IN {ACTIVE_SQL} ORDER BY create_revision FOR UPDATE"
+).encode()
+# The active runs of a run's thread created before it (ENQUEUE's FIFO for claims).
+_EARLIER_ACTIVE = (
+    f"SELECT e.run_id FROM rc_runs e JOIN rc_runs r"
+    f" ON r.run_id = %s AND e.thread_id = r.thread_id"
+    f" AND e.create_revision < r.create_revision"
+    f" WHERE e.status IN {ACTIVE_SQL} ORDER BY e.create_revision"
+).encode()
 
 
 class PostgresRunStore:
@@ -418,24 +514,14 @@ class PostgresRunStore:
     async def _create(self, draft: RunDraft, fingerprint: str) -> CreateOutcome:
         thread_id = draft.thread_id
         async with self._transaction() as (conn, pipeline):
-            await conn.execute(
-                b"INSERT INTO rc_threads (thread_id) VALUES (%s) ON CONFLICT DO NOTHING",
-                (thread_id,),
-            )
-            await conn.execute(
-                b"SELECT 1 FROM rc_threads WHERE thread_id = %s FOR UPDATE", (thread_id,)
-            )
+            await conn.execute(_LOCK_THREAD, (thread_id,))
             seen_cursor = None
             if draft.request_id is not None:
                 seen_cursor = await conn.execute(
                     b"SELECT fingerprint, outcome FROM rc_requests WHERE request_id = %s",
                     (draft.request_id,),
                 )
-            active_cursor = await conn.execute(
-                f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE thread_id = %s"
-                f" AND status IN {ACTIVE_SQL} ORDER BY create_revision FOR UPDATE".encode(),
-                (thread_id,),
-            )
+            active_cursor = await conn.execute(_LOCK_ACTIVE, (thread_id,))
             await pipeline.sync()
             if seen_cursor is not None and (seen := await seen_cursor.fetchone()):
                 if seen[0] != fingerprint:
@@ -444,65 +530,33 @@ class PostgresRunStore:
             active = [run_from_row(row) for row in await active_cursor.fetchall()]
             plan = plan_create(draft, active)
 
-            await conn.execute(_NEXT_REVISION.encode())
-            interrupted_cursor = None
-            if plan.interrupt:
-                interrupted_cursor = await conn.execute(
-                    f"UPDATE rc_runs SET status = 'interrupted', cancel_action = %s,"
-                    f" cancel_reason = %s, updated_at = v.stamped_at, mod_revision = v.head"
-                    f" FROM rc_revision v WHERE run_id = ANY(%s::text[])"
-                    f" {_RETURNING_RUN}".encode(),
-                    (
-                        plan.cancel_action.value,
-                        interrupt_reason(draft.run_id, draft.multitask_strategy),
-                        [r.run_id for r in plan.interrupt],
-                    ),
-                )
-            created_cursor = await conn.execute(
-                f"INSERT INTO rc_runs ({RUN_COLUMNS})"
-                f" SELECT %s, %s, %s, 'pending', %s, %s, %s, %s, v.stamped_at, v.stamped_at,"
-                f" v.head, v.head, NULL, 'interrupt', NULL, NULL,"
-                f" v.stamped_at + %s::interval, %s FROM rc_revision v {_RETURNING_RUN}".encode(),
-                (
-                    draft.run_id,
-                    thread_id,
-                    draft.assistant_id,
-                    draft.on_disconnect.value,
-                    draft.multitask_strategy.value,
-                    draft.metadata_json,
-                    draft.kwargs_json,
-                    draft.timeout,
-                    draft.request_id,
-                ),
+            # The tail: ONE statement (then COMMIT, in the same round trip).
+            cursor = await conn.execute(
+                _CREATE_TAIL,
+                {
+                    "ids": [r.run_id for r in plan.interrupt],
+                    "prevs": [r.status.value for r in plan.interrupt],
+                    "action": plan.cancel_action.value,
+                    "reason": interrupt_reason(draft.run_id, draft.multitask_strategy)
+                    if plan.interrupt
+                    else None,
+                    "run_id": draft.run_id,
+                    "thread_id": thread_id,
+                    "assistant_id": draft.assistant_id,
+                    "on_disconnect": draft.on_disconnect.value,
+                    "strategy": draft.multitask_strategy.value,
+                    "metadata": draft.metadata_json,
+                    "kwargs": draft.kwargs_json,
+                    "timeout": draft.timeout,
+                    "request_id": draft.request_id,
+                    "fingerprint": fingerprint,
+                    "queued_behind": Jsonb(list(plan.queued_behind)),
+                    "channel": CHANNEL,
+                },
             )
-            ids = [r.run_id for r in plan.interrupt] + [draft.run_id]
-            kinds = ["updated"] * len(plan.interrupt) + ["created"]
-            prevs = [r.status.value for r in plan.interrupt] + [None]
-            await conn.execute(_INSERT_CHANGES.encode(), (ids, kinds, prevs))
-            if draft.request_id is not None:
-                await conn.execute(
-                    b"INSERT INTO rc_requests (request_id, fingerprint, run_id, outcome)"
-                    b" SELECT %s, %s, x.run_id, jsonb_build_object('run', to_jsonb(x),"
-                    b" 'interrupted', coalesce((SELECT jsonb_agg(to_jsonb(i)"
-                    b" ORDER BY i.create_revision) FROM rc_runs i"
-                    b" WHERE i.run_id = ANY(%s::text[])), '[]'::jsonb),"
-                    b" 'queued_behind', %s::jsonb) FROM rc_runs x WHERE x.run_id = %s",
-                    (
-                        draft.request_id,
-                        fingerprint,
-                        [r.run_id for r in plan.interrupt],
-                        Jsonb(list(plan.queued_behind)),
-                        draft.run_id,
-                    ),
-                )
-            await conn.execute(_NOTIFY.encode(), (CHANNEL,))
-        created_row = await created_cursor.fetchone()
-        assert created_row is not None
-        run = run_from_row(created_row)
-        interrupted: list[Run] = []
-        if interrupted_cursor is not None:
-            interrupted = [run_from_row(row) for row in await interrupted_cursor.fetchall()]
-            interrupted.sort(key=lambda r: r.create_revision)
+        rows = await cursor.fetchall()
+        run = run_from_row(rows[0], 1)
+        interrupted = sorted((run_from_row(row, 1) for row in rows[1:]), key=_by_creation)
         self._committed(run.create_revision)
         return CreateOutcome(run, tuple(interrupted), plan.queued_behind)
 
@@ -515,14 +569,8 @@ class PostgresRunStore:
             if change.status is RunStatus.RUNNING:
                 # Sent with the locks (one round trip), read after them: the runs of
                 # the thread ahead of this one that are still active (ENQUEUE FIFO).
-                await conn.execute(_LOCK_THREAD_OF_RUN.encode(), (change.run_id,))
-                earlier_cursor = await conn.execute(
-                    f"SELECT e.run_id FROM rc_runs e JOIN rc_runs r"
-                    f" ON r.run_id = %s AND e.thread_id = r.thread_id"
-                    f" AND e.create_revision < r.create_revision"
-                    f" WHERE e.status IN {ACTIVE_SQL} ORDER BY e.create_revision".encode(),
-                    (change.run_id,),
-                )
+                await conn.execute(_LOCK_THREAD_OF_RUN, (change.run_id,))
+                earlier_cursor = await conn.execute(_EARLIER_ACTIVE, (change.run_id,))
             run = await self._lock_run(conn, change.run_id, thread_locked=True)
             earlier: list[str] = []
             if earlier_cursor is not None:
@@ -530,14 +578,17 @@ class PostgresRunStore:
             if not check_transition(run, change, earlier):
                 return TransitionOutcome(run, changed=False)
             target = apply_transition(run, change, run.updated_at, run.mod_revision)
-            await conn.execute(_NEXT_REVISION.encode())
             cursor = await conn.execute(
-                f"UPDATE rc_runs SET status = %s, error = %s, worker_id = %s,"
-                f" updated_at = v.stamped_at, mod_revision = v.head"
-                f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
-                (target.status.value, target.error, target.worker_id, run.run_id),
+                _SET_STATUS_TAIL,
+                {
+                    "status": target.status.value,
+                    "error": target.error,
+                    "worker_id": target.worker_id,
+                    "run_id": run.run_id,
+                    "prev_status": run.status.value,
+                    "channel": CHANNEL,
+                },
             )
-            await self._record_changes(conn, [(run.run_id, "updated", run.status.value)])
         # Fetched after the COMMIT went out in the same round trip.
         row = await cursor.fetchone()
         assert row is not None
@@ -553,14 +604,16 @@ class PostgresRunStore:
             run = await self._lock_run(conn, run_id)
             if not run.is_active:
                 return CancelOutcome(run, cancelled=False)
-            await conn.execute(_NEXT_REVISION.encode())
             cursor = await conn.execute(
-                f"UPDATE rc_runs SET status = 'interrupted', cancel_action = %s,"
-                f" cancel_reason = %s, updated_at = v.stamped_at, mod_revision = v.head"
-                f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
-                (action.value, reason, run_id),
+                _CANCEL_TAIL,
+                {
+                    "action": action.value,
+                    "reason": reason,
+                    "run_id": run_id,
+                    "prev_status": run.status.value,
+                    "channel": CHANNEL,
+                },
             )
-            await self._record_changes(conn, [(run_id, "updated", run.status.value)])
         row = await cursor.fetchone()
         assert row is not None
         cancelled = run_from_row(row)
@@ -577,10 +630,7 @@ class PostgresRunStore:
                 raise RevisionMismatch(run_id, expected_mod_revision, run.mod_revision)
             if run.is_active:
                 raise RunActive(run_id, run.status.value)
-            cursor = await conn.execute(_NEXT_REVISION.encode())
-            # The DELETED change carries the run's last record: recorded before it goes.
-            await self._record_changes(conn, [(run_id, "deleted", run.status.value)])
-            await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run_id,))
+            cursor = await conn.execute(_DELETE_TAIL, {"run_id": run_id, "channel": CHANNEL})
         row = await cursor.fetchone()
         assert row is not None
         revision = int(row[0])
@@ -598,23 +648,13 @@ class PostgresRunStore:
                 "deadline",
                 (now, limit),
             )
-            cursors = []
-            for run in due:  # each expiry is its own revision
-                await conn.execute(_NEXT_REVISION.encode())
-                cursors.append(
-                    await conn.execute(
-                        f"UPDATE rc_runs SET status = 'timeout',"
-                        f" error = coalesce(error, 'deadline exceeded'),"
-                        f" updated_at = v.stamped_at, mod_revision = v.head"
-                        f" FROM rc_revision v WHERE run_id = %s {_RETURNING_RUN}".encode(),
-                        (run.run_id,),
-                    )
+            cursors = [  # each expiry is its own revision
+                await conn.execute(
+                    _EXPIRE_TAIL,
+                    {"run_id": run.run_id, "prev_status": run.status.value, "channel": CHANNEL},
                 )
-                await self._record_changes(
-                    conn, [(run.run_id, "updated", run.status.value)], notify=False
-                )
-            if due:
-                await conn.execute(_NOTIFY.encode(), (CHANNEL,))
+                for run in due
+            ]
         # Read once the COMMIT went out with the writes (one round trip).
         expired = [run_from_row(row) for c in cursors if (row := await c.fetchone())]
         if expired:
@@ -632,13 +672,9 @@ class PostgresRunStore:
             )
             revision_cursor = None
             for run in purged:  # each deletion is its own revision
-                revision_cursor = await conn.execute(_NEXT_REVISION.encode())
-                await self._record_changes(
-                    conn, [(run.run_id, "deleted", run.status.value)], notify=False
+                revision_cursor = await conn.execute(
+                    _DELETE_TAIL, {"run_id": run.run_id, "channel": CHANNEL}
                 )
-                await conn.execute(b"DELETE FROM rc_runs WHERE run_id = %s", (run.run_id,))
-            if purged:
-                await conn.execute(_NOTIFY.encode(), (CHANNEL,))
         head = None
         if revision_cursor is not None and (row := await revision_cursor.fetchone()):
             head = int(row[0])
@@ -682,22 +718,12 @@ class PostgresRunStore:
     async def _lock_run(self, conn: _Conn, run_id: str, *, thread_locked: bool = False) -> Run:
         """Lock the run's thread, then the run (the one lock order), and read it."""
         if not thread_locked:
-            await conn.execute(_LOCK_THREAD_OF_RUN.encode(), (run_id,))
-        cursor = await conn.execute(_LOCK_RUN.encode(), (run_id,))
+            await conn.execute(_LOCK_THREAD_OF_RUN, (run_id,))
+        cursor = await conn.execute(_LOCK_RUN, (run_id,))
         row = await cursor.fetchone()
         if row is None:
             raise RunNotFound(run_id)
         return run_from_row(row)
-
-    async def _record_changes(
-        self, conn: _Conn, changes: list[tuple[str, str, str | None]], *, notify: bool = True
-    ) -> None:
-        """The change rows of the current revision (run_id, kind, prev_status), then the
-        NOTIFY that wakes every replica's feed reader at COMMIT."""
-        ids, kinds, prevs = (list(column) for column in zip(*changes, strict=True))
-        await conn.execute(_INSERT_CHANGES.encode(), (ids, kinds, prevs))
-        if notify:
-            await conn.execute(_NOTIFY.encode(), (CHANNEL,))
 
     async def _retrying(self, operation: Callable[[], Awaitable[_T]]) -> _T:
         """Run `operation` again when it lost a race the database resolved by aborting
