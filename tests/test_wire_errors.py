@@ -317,3 +317,17 @@ async def test_sync_clients_decode_the_same_error_info(server: InProcessServer) 
         "RUN_NOT_FOUND",
         {"run_id": MISSING},
     )
+
+
+def test_every_server_reason_has_a_typed_client_error() -> None:
+    from runcontrol import errors as client_errors
+
+    reasons = {mapping.reason for mapping in ERROR_TABLE.values()}
+    typed = {
+        cls.reason_key
+        for cls in vars(client_errors).values()
+        if isinstance(cls, type)
+        and issubclass(cls, client_errors.RunControlError)
+        and cls.reason_key
+    }
+    assert reasons <= typed, reasons - typed

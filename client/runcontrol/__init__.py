@@ -24,6 +24,8 @@ from .errors import (
     RunControlError,
     RunNotFound,
     ShuttingDown,
+    StoreIncompatible,
+    StoreUnavailable,
     ThreadBusy,
 )
 
@@ -54,6 +56,8 @@ __all__ = [
     "RunPage",
     "RunStatus",
     "ShuttingDown",
+    "StoreIncompatible",
+    "StoreUnavailable",
     "ThreadBusy",
     "WatchEvent",
     "WatchItem",

@@ -161,6 +161,18 @@ class ShuttingDown(RunControlError):
         return self._int("resume_revision")
 
 
+class StoreUnavailable(RunControlError):
+    """The server's store (its database) could not answer: retry, here or elsewhere."""
+
+    reason_key = "STORE_UNAVAILABLE"
+
+
+class StoreIncompatible(RunControlError):
+    """The server's store holds data this server version cannot use."""
+
+    reason_key = "STORE_INCOMPATIBLE"
+
+
 def _details_status(trailing: Iterable[Any] | None) -> status_pb2.Status | None:
     for key, value in trailing or ():
         if key == STATUS_DETAILS_KEY and isinstance(value, bytes):

@@ -8,9 +8,10 @@ Each operation is one transaction of at most two round trips (psycopg pipeline m
 2. the domain's rules decide in Python (`rules`, the same code as the in-memory store),
    then the writes go out as ONE statement (data-modifying CTEs) that takes the ONE
    revision row first (`UPDATE rc_revision ... RETURNING head`), writes the runs and
-   their change rows and NOTIFYs, sent with the COMMIT in one round trip. The revision row lock is held only while the database executes
-   that pipeline, never across a round trip to this process, so revisions are gapless
-   and committed in revision order (a reader never sees N+1 before N) at little cost.
+   their change rows and NOTIFYs, sent with the COMMIT in one round trip. The revision
+   row lock is held only while the database executes that statement and commits, never
+   across a round trip to this process, so revisions are gapless and committed in
+   revision order (a reader never sees N+1 before N) at little cost.
 
 Locks are always taken in the order thread -> runs -> revision; the janitor's
 statements skip locked runs (`SKIP LOCKED`) and never take a thread lock, so no two
