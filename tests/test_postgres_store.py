@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 
 import psycopg
 import pytest
@@ -100,5 +101,21 @@ async def test_opening_without_a_database_is_store_unavailable() -> None:
     try:
         with pytest.raises(StoreUnavailable, match="cannot connect"):
             await store.open()
+    finally:
+        await store.close()
+
+
+async def test_the_change_feed_is_trimmed_by_age_too(pg_url: str) -> None:
+    store = PostgresRunStore(pg_url, history_limit=1000, history_max_age=timedelta(0))
+    await store.open()
+    try:
+        manager = RunManager(store)
+        for i in range(3):
+            await manager.create_run(f"t{i}")
+        head = await store.revision()
+        # Every change is older than "now - 0": all of them go, by the database's clock.
+        assert await store.compact_changes() == head
+        assert (await store.feed_bounds()).compact_revision == head
+        assert await store.read_changes(head, 10) == []
     finally:
         await store.close()
