@@ -95,6 +95,10 @@ DEFAULT_POOL_SIZE = 10
 CHANNEL = "runcontrol_feed"
 # How long a call waits for a pooled connection before answering UNAVAILABLE.
 DEFAULT_CONNECT_TIMEOUT = 5.0
+# Every session: UTC timestamps; and generic plans for prepared statements (psycopg
+# prepares a statement on its fifth use): every statement here is the same shape each
+# time, and the write tail would otherwise be planned anew on every call (~0.3 ms).
+_SESSION_OPTIONS = "-c TimeZone=UTC -c plan_cache_mode=force_generic_plan"
 # A pooled connection idle longer than this is checked (one round trip) before use.
 IDLE_CHECK_AFTER = 1.0
 # Attempts of one operation that lost a race (deadlock victim, request_id raced).
@@ -265,7 +269,7 @@ class PostgresRunStore:
                 self._url,
                 min_size=1,
                 max_size=self._pool_size,
-                kwargs={"autocommit": True, "options": "-c TimeZone=UTC"},
+                kwargs={"autocommit": True, "options": _SESSION_OPTIONS},
                 timeout=self._connect_timeout,
                 open=False,
                 check=self._check_if_idle,
