@@ -141,6 +141,36 @@ async def test_process_exits_1_when_the_port_is_taken() -> None:
     assert b"Traceback" not in err
 
 
+async def test_process_exits_1_when_the_database_is_out_of_reach() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
+        closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+        port = closed.getsockname()[1]
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "runcontrol_server",
+            "--listen",
+            "127.0.0.1:0",
+            "--store",
+            f"postgresql://runcontrol:hunter2@127.0.0.1:{port}/runcontrol",
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=clean_env(),
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
+    assert proc.returncode == 1
+    assert out == b"", "nothing may claim to be listening"
+    assert b"cannot connect to the database" in err
+    assert b"Traceback" not in err
+    assert b"hunter2" not in err, "the password must never be logged"
+
+
 def test_help_lists_every_flag_with_its_env_var_and_default() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "runcontrol_server", "--help"],
