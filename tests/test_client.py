@@ -129,8 +129,9 @@ async def test_list_runs_pages_through_everything(client: AsyncClient) -> None:
     assert page.next_page_token
     assert page.revision == 12
     inflight = await client.has_inflight("t3")
-    assert inflight.has_inflight
+    assert inflight.has_inflight and inflight  # truthy exactly when runs are active
     assert inflight.run_ids == (created[3],)
+    assert not await client.has_inflight("no-such-thread")
 
 
 async def test_sync_client_has_the_same_api(server: InProcessServer) -> None:

@@ -223,7 +223,7 @@ def test_defaults() -> None:
     assert parse_settings([], {}) == Settings(
         listen="127.0.0.1:50051",
         grace_period=5.0,
-        max_payload_bytes=65536,
+        max_payload_bytes=1 << 20,
         log_level="INFO",
         page_token_key=None,
         max_concurrent_rpcs=None,
@@ -235,7 +235,7 @@ def test_flag_wins_over_env_and_env_over_default() -> None:
     settings = parse_settings(["--listen", "127.0.0.1:7002"], env)
     assert settings.listen == "127.0.0.1:7002"
     assert settings.grace_period == 2.5
-    assert settings.max_payload_bytes == 65536
+    assert settings.max_payload_bytes == 1 << 20
 
 
 def test_every_setting_has_a_flag_and_an_env_var() -> None:

@@ -152,16 +152,23 @@ async def test_already_claimed_names_the_claimer_when_known(
         {"run_id": named.run_id, "worker_id": "w1"},
     )
 
+    # An anonymous claim is given a claimer id: it is named to later claimers, and a
+    # second anonymous claim is another claimer (exactly one wins).
     anonymous = await new_run(stub, "t2")
-    await stub.SetRunStatus(pb.SetRunStatusRequest(run_id=anonymous.run_id, status=running))
-    await expect_error(
-        stub.SetRunStatus(
-            pb.SetRunStatusRequest(run_id=anonymous.run_id, status=running, worker_id="w2")
-        ),
-        FPC,
-        "ALREADY_CLAIMED",
-        {"run_id": anonymous.run_id},
+    claimed = await stub.SetRunStatus(
+        pb.SetRunStatusRequest(run_id=anonymous.run_id, status=running)
     )
+    claimer = claimed.run.worker_id
+    assert claimed.changed and claimer.startswith("anonymous-")
+    for worker_id in ("w2", None):
+        await expect_error(
+            stub.SetRunStatus(
+                pb.SetRunStatusRequest(run_id=anonymous.run_id, status=running, worker_id=worker_id)
+            ),
+            FPC,
+            "ALREADY_CLAIMED",
+            {"run_id": anonymous.run_id, "worker_id": claimer},
+        )
 
 
 async def test_run_active(stub: RunControlAsyncStub, expect_error: Any) -> None:

@@ -197,6 +197,12 @@ def page_of(response: pb.ListRunsResponse) -> RunPage:
 
 @dataclass(frozen=True, slots=True)
 class Inflight:
+    """HasInflight's answer; truthy exactly when the thread has active runs, so
+    `if await client.has_inflight(thread):` reads as it did with the original."""
+
     has_inflight: bool
     run_ids: tuple[str, ...]
     revision: int
+
+    def __bool__(self) -> bool:
+        return self.has_inflight

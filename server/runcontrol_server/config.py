@@ -26,7 +26,7 @@ MIN_PAGE_TOKEN_KEY_LENGTH = 16
 class Settings:
     listen: str = "127.0.0.1:50051"
     grace_period: float = 5.0
-    max_payload_bytes: int = 65536
+    max_payload_bytes: int = 1 << 20  # 1 MiB: long message histories fit
     log_level: str = "INFO"
     # A secret: kept out of repr so it never reaches a log line.
     page_token_key: str | None = field(default=None, repr=False)
@@ -183,7 +183,8 @@ OPTIONS: tuple[Option, ...] = (
         "max_payload_bytes",
         _positive_int,
         "BYTES",
-        "largest serialized metadata or kwargs accepted per run",
+        "largest serialized metadata or kwargs accepted per run (kwargs often carry a "
+        "whole message history)",
     ),
     Option("log_level", _log_level, "LEVEL", f"stderr log level ({', '.join(_LOG_LEVELS)})"),
     Option(

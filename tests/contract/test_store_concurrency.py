@@ -165,3 +165,20 @@ async def test_concurrent_writes_take_gapless_revisions(
     assert head == before + 3 * writers
     change_sets = await store.read_changes(before, 3 * writers)
     assert [c.revision for c in change_sets] == list(range(before + 1, head + 1))
+
+
+async def test_anonymous_claims_have_exactly_one_winner_too(manager: RunManager) -> None:
+    for round_ in range(ROUNDS):
+        run = (await manager.create_run(f"anonymous-{round_}")).run
+        results = await asyncio.gather(
+            *(manager.set_status(run.run_id, RunStatus.RUNNING) for _ in range(8)),
+            return_exceptions=True,
+        )
+        ok, failed = _split(results)
+        assert len(ok) == 1 and ok[0].changed
+        assert all(isinstance(e, AlreadyClaimed) for e in failed), failed
+        # The winner was given a claimer id, and the run can be finished without one.
+        claimer = ok[0].run.worker_id
+        assert claimer is not None and claimer.startswith("anonymous-")
+        done = await manager.set_status(run.run_id, RunStatus.SUCCESS)
+        assert done.changed and done.run.worker_id == claimer

@@ -123,6 +123,10 @@ class ManagerMachine(RuleBasedStateMachine):
             assert m.status is status
             return
         assert status in LEGAL[m.status]
+        if status is RunStatus.RUNNING and worker is None:
+            # An anonymous claim is given a claimer id of its own.
+            worker = outcome.run.worker_id
+            assert worker is not None and worker.startswith("anonymous-")
         if status is RunStatus.RUNNING or (m.worker is None and worker is not None):
             m.worker = worker
         m.status = status

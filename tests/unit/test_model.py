@@ -42,3 +42,10 @@ def test_clock_never_goes_backwards() -> None:
 def test_clock_refuses_naive_time() -> None:
     with pytest.raises(ValueError, match="aware"):
         MonotonicClock(lambda: datetime(2026, 1, 1)).now()
+
+
+def test_inflight_is_truthy_exactly_when_the_thread_has_active_runs() -> None:
+    from runcontrol_server.domain import Inflight
+
+    assert not Inflight("t", (), 7)
+    assert Inflight("t", ("r1",), 7)

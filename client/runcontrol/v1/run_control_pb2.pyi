@@ -52,11 +52,11 @@ class CreateRunRequest(_message.Message):
     """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Optional caller metadata, at most 64 KiB serialized (server setting)."""
+        """Optional caller metadata, at most 1 MiB serialized (server setting)."""
 
     @_builtins.property
     def kwargs(self) -> _struct_pb2.Struct:
-        """Optional worker arguments, at most 64 KiB serialized (server setting)."""
+        """Optional worker arguments, at most 1 MiB serialized (server setting)."""
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
@@ -265,11 +265,18 @@ class SetRunStatusRequest(_message.Message):
     target: it is refused with INVALID_TRANSITION.
     """
     error: _builtins.str
-    """Optional error text (at most 4096 characters), stored with ERROR."""
+    """Optional error text, stored with ERROR. Text longer than the server's
+    limit (4096 characters) is kept truncated, ending in a marker saying how
+    much was cut: a worker's final write is never refused for its length.
+    """
     worker_id: _builtins.str
     """Optional worker id. Claiming (PENDING -> RUNNING) records it; exactly one
-    claimer wins, any other worker gets ALREADY_CLAIMED. On later moves a
-    worker_id different from the claimer's is refused with ALREADY_CLAIMED.
+    claimer wins, any other gets ALREADY_CLAIMED. A claim without worker_id
+    is given a server-made id ("anonymous-..."), returned in the run's
+    worker_id: two anonymous claims are two claimers, so the second gets
+    ALREADY_CLAIMED too (send a worker_id to make a claim safe to retry). On
+    later moves a worker_id different from the claimer's is refused with
+    ALREADY_CLAIMED; a move without worker_id is accepted from anyone.
     """
     expected_mod_revision: _builtins.int
     """Optional compare-and-set: the move happens only if the run's

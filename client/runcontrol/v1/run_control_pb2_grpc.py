@@ -40,9 +40,9 @@ class RunControlStub:
     never on the message text.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 64 KiB each
-    once serialized (server setting); `error` and cancel reasons at most 4096
-    characters.
+    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
+    once serialized (server setting --max-payload-bytes); cancel reasons at most
+    4096 characters; a longer `error` is kept truncated, never refused.
     """
 
     def __init__(self, channel):
@@ -113,9 +113,9 @@ class RunControlServicer:
     never on the message text.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 64 KiB each
-    once serialized (server setting); `error` and cancel reasons at most 4096
-    characters.
+    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
+    once serialized (server setting --max-payload-bytes); cancel reasons at most
+    4096 characters; a longer `error` is kept truncated, never refused.
     """
 
     def CreateRun(self, request, context):
@@ -261,9 +261,9 @@ class RunControl:
     never on the message text.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 64 KiB each
-    once serialized (server setting); `error` and cancel reasons at most 4096
-    characters.
+    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
+    once serialized (server setting --max-payload-bytes); cancel reasons at most
+    4096 characters; a longer `error` is kept truncated, never refused.
     """
 
     @staticmethod

@@ -41,9 +41,9 @@ class RunControlStub:
     never on the message text.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 64 KiB each
-    once serialized (server setting); `error` and cancel reasons at most 4096
-    characters.
+    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
+    once serialized (server setting --max-payload-bytes); cancel reasons at most
+    4096 characters; a longer `error` is kept truncated, never refused.
     """
 
     @_typing.overload
@@ -101,9 +101,9 @@ class RunControlAsyncStub(RunControlStub):
     never on the message text.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 64 KiB each
-    once serialized (server setting); `error` and cancel reasons at most 4096
-    characters.
+    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
+    once serialized (server setting --max-payload-bytes); cancel reasons at most
+    4096 characters; a longer `error` is kept truncated, never refused.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -157,9 +157,9 @@ class RunControlServicer(metaclass=_abc_1.ABCMeta):
     never on the message text.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 64 KiB each
-    once serialized (server setting); `error` and cancel reasons at most 4096
-    characters.
+    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
+    once serialized (server setting --max-payload-bytes); cancel reasons at most
+    4096 characters; a longer `error` is kept truncated, never refused.
     """
 
     @_abc_1.abstractmethod

@@ -30,7 +30,9 @@ from .tasks import stop_task
 
 log = logging.getLogger(__name__)
 
-DEFAULT_RETENTION = timedelta(seconds=300)  # the original registry's cleanup age
+# The original registry's `cleanup(run_id, delay=300)` default, which it never called:
+# here it applies to every finished run.
+DEFAULT_RETENTION = timedelta(seconds=300)
 DEFAULT_BATCH = 1000
 # History prunes itself on every write; this bounds how long an idle store keeps
 # aged change sets (the history does not say when its oldest entry falls due).

@@ -45,6 +45,8 @@ from .watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL, Watcher, Wat
 log = logging.getLogger(__name__)
 
 DISCONNECT_CANCEL_REASON = "client disconnected while attached (WaitRun)"
+# worker_id given to a claim that names no worker (see `RunManager.set_status`).
+ANONYMOUS_CLAIMER_PREFIX = "anonymous-"
 
 
 class RunManager:
@@ -181,6 +183,11 @@ class RunManager:
         worker_id: str | None = None,
         expected_mod_revision: int | None = None,
     ) -> TransitionOutcome:
+        if status is RunStatus.RUNNING and worker_id is None:
+            # Exactly one claimer wins, named or not: an anonymous claim gets an id of
+            # its own (returned in the record's worker_id), so a second anonymous claim
+            # is ALREADY_CLAIMED instead of a harmless-looking repeat.
+            worker_id = ANONYMOUS_CLAIMER_PREFIX + self._new_id()
         change = StatusChange(run_id, status, error, worker_id, expected_mod_revision)
         return await self._store.set_status(change)
 

@@ -208,9 +208,14 @@ class DeleteOutcome:
 
 @dataclass(frozen=True, slots=True)
 class Inflight:
+    """The thread's active runs; truthy exactly when there is one."""
+
     thread_id: str
     run_ids: tuple[str, ...]
     revision: int
+
+    def __bool__(self) -> bool:
+        return bool(self.run_ids)
 
 
 @dataclass(frozen=True, slots=True, order=True)

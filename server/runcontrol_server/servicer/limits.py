@@ -13,7 +13,7 @@ class Limits:
     # Ids (run_id, thread_id, assistant_id, worker_id, request_id): 1..this many characters.
     max_id_length: int = 128
     # metadata and kwargs, each, as a serialized google.protobuf.Struct.
-    max_payload_bytes: int = 65536
+    max_payload_bytes: int = 1 << 20  # 1 MiB: long message histories fit
     # Free text: SetRunStatus.error and CancelRun.reason.
     max_text_length: int = 4096
     default_page_size: int = 50

@@ -143,7 +143,11 @@ class RunControlServicer(run_control_pb2_grpc.RunControlServicer):
             outcome = await self._manager.set_status(
                 request.run_id,
                 STATUS_FROM_PROTO[request.status],
-                error=request.error if request.HasField("error") else None,
+                error=(
+                    validation.clipped(request.error, self._limits.max_text_length)
+                    if request.HasField("error")
+                    else None
+                ),
                 worker_id=request.worker_id if request.HasField("worker_id") else None,
                 expected_mod_revision=(
                     request.expected_mod_revision

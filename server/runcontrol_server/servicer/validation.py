@@ -136,11 +136,28 @@ def validate_list_runs(request: pb.ListRunsRequest, limits: Limits) -> None:
     # page_token is checked when decoded (it must match this request's filter).
 
 
+def clipped(value: str, limit: int) -> str:
+    """`value` cut to at most `limit` characters, ending in a marker saying how much
+    was cut (for text a caller must never be refused for, like a worker's error)."""
+    if len(value) <= limit:
+        return value
+    # The marker's length depends on the count it reports: grow the cut until the kept
+    # text and the marker fit (two or three steps; the cut only grows).
+    cut = len(value) - limit
+    while (needed := len(value) - limit + len(TRUNCATION_MARKER.format(cut))) > cut:
+        cut = needed
+    if cut > len(value):  # a limit shorter than the marker itself
+        return value[:limit]
+    return value[: len(value) - cut] + TRUNCATION_MARKER.format(cut)
+
+
+TRUNCATION_MARKER = "… [truncated {} characters]"
+
+
 def validate_set_run_status(request: pb.SetRunStatusRequest, limits: Limits) -> None:
     check_id("run_id", request.run_id, limits)
     check_enum("status", request.status, STATUS_FROM_PROTO, required=True)
-    if request.HasField("error"):
-        check_text("error", request.error, limits)
+    # `error` is not checked: too long, it is clipped (see `clipped`), never refused.
     if request.HasField("worker_id"):
         check_id("worker_id", request.worker_id, limits)
     if request.HasField("expected_mod_revision"):
