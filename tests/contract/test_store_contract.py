@@ -314,3 +314,43 @@ async def test_wait_for_changes_wakes_on_a_commit(manager: RunManager, store: Ru
     assert (await waiting).head_revision == head + 1
     # Already beyond: answered at once.
     assert (await store.wait_for_changes(head, 30)).head_revision == head + 1
+
+
+async def test_the_claimer_may_note_why_a_cancelled_run_stopped(manager: RunManager) -> None:
+    run = (await manager.create_run("t1")).run
+    await manager.set_status(run.run_id, RunStatus.RUNNING, worker_id="w")
+    rolled = (await manager.cancel_run(run.run_id, action=CancelAction.ROLLBACK)).run
+    # The claiming worker records what it did; the run stays INTERRUPTED (rolled back).
+    noted = await manager.set_status(
+        run.run_id, RunStatus.ERROR, error="Rolled back by user", worker_id="w"
+    )
+    assert noted.changed and noted.run.mod_revision == rolled.mod_revision + 1
+    assert noted.run.status is RunStatus.INTERRUPTED
+    assert noted.run.cancel_action is CancelAction.ROLLBACK
+    assert noted.run.error == "Rolled back by user"
+    assert await manager.get_run(run.run_id) == noted.run
+    # The same note again is a repeat; anyone else, or any other move, is refused.
+    again = await manager.set_status(
+        run.run_id, RunStatus.ERROR, error="Rolled back by user", worker_id="w"
+    )
+    assert not again.changed
+    with pytest.raises(InvalidTransition):
+        await manager.set_status(run.run_id, RunStatus.SUCCESS, worker_id="w")
+    for worker_id in ("other", None):  # only the claimer may note, and only with ERROR
+        with pytest.raises(InvalidTransition):
+            await manager.set_status(run.run_id, RunStatus.ERROR, error="x", worker_id=worker_id)
+
+
+async def test_a_noted_run_is_still_forgotten_by_retention(
+    manager: RunManager, store: RunStore
+) -> None:
+    run = (await manager.create_run("t1")).run
+    await manager.set_status(run.run_id, RunStatus.RUNNING, worker_id="w")
+    await manager.cancel_run(run.run_id)
+    noted = await manager.set_status(run.run_id, RunStatus.ERROR, error="stopped", worker_id="w")
+    # Retention counts from the last update (the note), on the store's clock.
+    assert await store.oldest_finished_at() == noted.run.updated_at
+    (purged,) = await store.purge_finished(await store.now(), 10)
+    assert purged == noted.run
+    with pytest.raises(RunNotFound):
+        await manager.get_run(run.run_id)

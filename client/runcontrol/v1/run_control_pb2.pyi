@@ -262,7 +262,10 @@ class SetRunStatusRequest(_message.Message):
     """Required. The run to move."""
     status: _run_pb2.RunStatus.ValueType
     """Required. The target status (not UNSPECIFIED). PENDING is never a legal
-    target: it is refused with INVALID_TRANSITION.
+    target: it is refused with INVALID_TRANSITION. One write is accepted on a
+    cancelled run: the claiming worker's ERROR with an `error` note (e.g.
+    "Rolled back by user") is recorded in the run's `error` while it stays
+    INTERRUPTED (its cancel_action tells interrupt from rollback).
     """
     error: _builtins.str
     """Optional error text, stored with ERROR. Text longer than the server's

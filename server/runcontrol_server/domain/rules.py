@@ -61,6 +61,8 @@ def check_transition(run: Run, change: StatusChange, earlier_active: Sequence[st
         and change.expected_mod_revision != run.mod_revision
     ):
         raise RevisionMismatch(run.run_id, change.expected_mod_revision, run.mod_revision)
+    if is_cancel_note(run, change):
+        return change.error != run.error  # the same note again is a repeat
     if (
         run.status is RunStatus.RUNNING
         and change.worker_id != run.worker_id
@@ -75,6 +77,21 @@ def check_transition(run: Run, change: StatusChange, earlier_active: Sequence[st
             run.run_id, run.status.value, change.status.value, queued_behind=earlier_active
         )
     return True
+
+
+def is_cancel_note(run: Run, change: StatusChange) -> bool:
+    """The claiming worker's ERROR write, with its note, on the run it was cancelled out
+    of (e.g. "Rolled back by user" after a ROLLBACK): the note is recorded in `error`
+    and the run stays INTERRUPTED, so readers see both the cancel (status and
+    `cancel_action`) and what the worker did about it. A terminal status never reopens.
+    """
+    return (
+        run.status is RunStatus.INTERRUPTED
+        and change.status is RunStatus.ERROR
+        and change.error is not None
+        and change.worker_id is not None
+        and change.worker_id == run.worker_id
+    )
 
 
 def _is_repeat(run: Run, change: StatusChange) -> bool:
@@ -92,6 +109,8 @@ def _is_repeat(run: Run, change: StatusChange) -> bool:
 
 def apply_transition(run: Run, change: StatusChange, now: datetime, revision: int) -> Run:
     """The record after an accepted `change` (see `check_transition`)."""
+    if is_cancel_note(run, change):
+        return run._replace(error=change.error, updated_at=now, mod_revision=revision)
     worker_id = run.worker_id
     if change.status is RunStatus.RUNNING or (worker_id is None and change.worker_id is not None):
         worker_id = change.worker_id

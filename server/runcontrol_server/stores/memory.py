@@ -357,10 +357,10 @@ class InMemoryRunStore:
 
     def _replace(self, run: Run) -> None:
         self._runs[run.run_id] = run
-        active = self._threads[run.thread_id].active
-        if not run.is_active and run.run_id in active:
-            del active[run.run_id]
-            # It just finished: its retention period starts now.
+        if not run.is_active:
+            self._threads[run.thread_id].active.pop(run.run_id, None)
+            # It just finished (or a finished run got its worker's note): its retention
+            # period starts at this update; an older entry is skipped as stale.
             self._finished.append((run.updated_at, run.run_id))
 
     def _remove(self, run: Run) -> None:
