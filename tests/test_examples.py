@@ -51,8 +51,7 @@ async def test_gateway_and_worker_create_follow_and_roll_back() -> None:
             worker_lines = worker_out.decode().splitlines()
             assert f"{first} done" in worker_lines
             assert any(
-                "cancelled: ROLLBACK (user pressed stop)" in line
-                for line in worker_lines
+                "cancelled: ROLLBACK (user pressed stop)" in line for line in worker_lines
             ), worker_lines
         finally:
             if worker.returncode is None:
