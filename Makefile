@@ -7,10 +7,12 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-dev
+RUNTIME_STAMP := $(VENV)/.installed-runtime
 TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
-LISTEN ?= 127.0.0.1:50051
+# Empty: the server's own default (127.0.0.1:50051) or RUNCONTROL_LISTEN decides.
+LISTEN ?=
 PROTO_FILES := $(wildcard protos/runcontrol/v1/*.proto)
 # `buf breaking` compares protos/ with the main branch: the local branch when there is
 # one (a fresh clone), else origin/main (a CI checkout of a detached commit); empty
@@ -24,7 +26,7 @@ BUF_AGAINST ?= $(if $(and $(GIT_DIR_ABS),$(MAIN_REF)),$(GIT_DIR_ABS)#$(MAIN_REF)
 .PHONY: help install serve serve-replicas test pytest lint typecheck proto proto-check bench clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -36,13 +38,19 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP) ## create .venv and install the package with its dev dependencies
 
+# Serving needs the runtime dependencies only; the dev install includes them.
+$(RUNTIME_STAMP): pyproject.toml | $(PY)
+	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
+		$(PY) -m pip install --quiet --upgrade pip && \
+		$(PY) -m pip install --quiet -e . && touch $@; fi
+
 $(BUF):
 	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
 
-serve: $(STAMP) ## start the server on $(LISTEN) with the in-memory store
-	$(VENV)/bin/runcontrol-server --listen $(LISTEN)
+serve: $(RUNTIME_STAMP) ## serve on 127.0.0.1:50051, in memory (LISTEN=HOST:PORT or RUNCONTROL_LISTEN)
+	$(VENV)/bin/runcontrol-server $(if $(LISTEN),--listen $(LISTEN))
 
-serve-replicas: $(STAMP) ## a throwaway PostgreSQL and two replicas on 127.0.0.1:50051 and :50052
+serve-replicas: $(STAMP) ## a throwaway PostgreSQL and two replicas on 127.0.0.1:50051 and 50052
 	$(PY) -m runcontrol_server.replicas
 
 test: lint typecheck proto-check pytest node-test ## every check and every test (what CI runs)
@@ -80,7 +88,7 @@ $(VENV)/.installed-bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-bench: $(VENV)/.installed-bench ## benchmarks vs baselines, report in BENCHMARKS.md (QUICK=1: < 1 min); not in test
+bench: $(VENV)/.installed-bench ## benchmarks vs baselines, report in BENCHMARKS.md (QUICK=1: about 1 min); not in test
 	$(PY) -m bench $(if $(QUICK),--quick,)
 
 clean: ## remove the virtualenv, tools and caches
