@@ -146,6 +146,36 @@ async def test_watch_survives_a_server_restart_without_gap_or_duplicate() -> Non
     assert not [item for item in watch.items if isinstance(item, Resynced)]
 
 
+async def test_a_server_that_lost_its_state_is_re_listed_not_an_error() -> None:
+    address = f"127.0.0.1:{free_port()}"
+    first = await start_server(address, InMemoryRunStore())
+    second: RunControlServer | None = None
+    try:
+        async with AsyncClient(address, options=FAST_RECONNECT) as client:
+            watch = Collector(client.watch())
+            await until(lambda: first.manager.watch_hub.count == 1, "the watch is open")
+            for thread in ("a", "b", "c"):
+                await client.create_run(thread)  # 1..3
+            await watch.wait_for_revision(3)
+            await first.stop(grace=0)
+            # A new process with a new, empty in-memory store: revision 4 never comes.
+            second = await start_server(address, InMemoryRunStore())
+            fresh = await client.create_run("fresh")  # revision 1 of the new store
+            await until(
+                lambda: any(isinstance(i, Resynced) for i in watch.items),
+                "the watch re-listed",
+            )
+            await watch.stop()
+    finally:
+        await first.stop(grace=0)
+        if second is not None:
+            await second.stop(grace=0)
+    (resynced,) = [item for item in watch.items if isinstance(item, Resynced)]
+    assert resynced.reason == "server restarted; state was in memory"
+    # The new server's state, complete (the create may land before or after the re-list).
+    assert [r.run_id for r in resynced.runs] in ([], [fresh.run_id])
+
+
 async def test_watch_from_now_that_saw_nothing_loses_nothing_across_a_restart() -> None:
     """A watch "from now" is pinned to a revision before its first stream opens, so one
     that has received nothing yet does not lose the changes made while it reconnects —

@@ -11,6 +11,7 @@ import pytest
 from runcontrol_server.domain import RunManager, RunStatus
 from runcontrol_server.domain.errors import StoreUnavailable
 from runcontrol_server.pgserver import LocalPostgres
+from runcontrol_server.stores import InMemoryRunStore
 from runcontrol_server.stores.postgres import LATEST_VERSION, PostgresRunStore, SchemaTooNew
 
 BOUND = 30.0
@@ -119,3 +120,18 @@ async def test_the_change_feed_is_trimmed_by_age_too(pg_url: str) -> None:
         assert await store.read_changes(head, 10) == []
     finally:
         await store.close()
+
+
+async def test_the_store_identity_lives_as_long_as_the_data(pg_url: str) -> None:
+    first = PostgresRunStore(pg_url)
+    await first.open()
+    identity = await first.identity()
+    await first.close()
+    again = PostgresRunStore(pg_url)  # a restarted replica, or another one
+    await again.open()
+    try:
+        assert await again.identity() == identity
+    finally:
+        await again.close()
+    memory = InMemoryRunStore()
+    assert await memory.identity() != await InMemoryRunStore().identity()

@@ -49,19 +49,45 @@ class Bookmark:
     end_of_initial_set: bool = False
 
 
+FELL_BEHIND = "the watch fell behind the server's history"
+
+
 @dataclass(frozen=True, slots=True)
 class Resynced:
-    """The watch fell behind the server's history and re-listed.
+    """The watch fell behind the server's history, or reached a server that lost its
+    state (an in-memory server that restarted), and re-listed.
 
     `runs` is the complete set of matching runs at `revision`: replace any state built
-    from earlier events with it. Events continue from `revision + 1`.
+    from earlier events with it. Events continue from `revision + 1`. `reason` says why.
     """
 
     revision: int
     runs: tuple[Run, ...]
+    reason: str = FELL_BEHIND
 
 
 WatchItem = WatchEvent | Bookmark | Resynced
+
+# Initial metadata the server sends on every WatchRuns stream: its store's identity.
+STORE_ID_HEADER = "runcontrol-store-id"
+RESTARTED = "server restarted; state was in memory"
+
+
+async def _store_id(call: Any) -> str | None:
+    """The store identity the stream's server announced (None: it announced none)."""
+    initial_metadata = getattr(call, "initial_metadata", None)
+    if initial_metadata is None:
+        return None
+    try:
+        metadata = await initial_metadata()
+    except grpc.aio.AioRpcError:
+        return None  # the call failed before any metadata: its error tells the rest
+    for key, value in metadata or ():
+        if key == STORE_ID_HEADER:
+            return str(value)
+    return None
+
+
 StreamOpener = Callable[[pb.WatchRunsRequest], Any]
 
 
@@ -111,6 +137,8 @@ async def resuming_watch(
     # The caller asked for the initial set and has not received all of it yet.
     initial_pending = request.send_initial
     resync = False
+    resync_reason = FELL_BEHIND
+    store_id: str | None = None  # the identity of the store the positions refer to
     backoff = initial_backoff
     failures = 0
     while True:
@@ -132,14 +160,26 @@ async def resuming_watch(
                     attempt.start_revision = 0 if last is None else last + 1
                     attempt.send_initial = False
                 call = open_stream(attempt)
+                announced = await _store_id(call)
+                if announced is not None:
+                    if store_id is not None and announced != store_id and not resync:
+                        # Another store (an in-memory server that restarted): the
+                        # revisions held here mean nothing there. Re-list instead.
+                        log.warning("%s; re-listing the watched runs", RESTARTED)
+                        store_id, resync, resync_reason = announced, True, RESTARTED
+                        initial_pending = False
+                        call.cancel()
+                        continue
+                    store_id = announced
                 async for message in call:
                     failures, backoff = 0, initial_backoff
                     if snapshot is not None:  # collecting a resync's snapshot
                         snapshot.extend(Run.from_proto(e.run) for e in message.events)
                         if message.end_of_initial_set:
                             resync, last = False, message.revision
-                            yield Resynced(message.revision, tuple(snapshot))
+                            yield Resynced(message.revision, tuple(snapshot), resync_reason)
                             snapshot = None
+                            resync_reason = FELL_BEHIND
                         continue
                     if initial_pending:
                         for event in message.events:

@@ -183,8 +183,12 @@ class RunControlServicer:
 
     def WatchRuns(self, request, context):
         """Stream every change to the matching runs, in revision order, resumable.
-        Errors: INVALID_ARGUMENT, REVISION_COMPACTED, LIMIT_EXCEEDED,
-        SHUTTING_DOWN.
+        The initial metadata carries `runcontrol-store-id`: the identity of the
+        server's store, the same across restarts of a durable store and on every
+        replica of one database, new at each start of an in-memory server. A client
+        that resumes and sees another identity re-lists instead (its revisions
+        mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
+        LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

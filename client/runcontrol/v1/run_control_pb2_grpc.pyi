@@ -81,8 +81,12 @@ class RunControlStub:
     """
     WatchRuns: _grpc.UnaryStreamMultiCallable[_run_control_pb2.WatchRunsRequest, _run_control_pb2.WatchRunsResponse]
     """Stream every change to the matching runs, in revision order, resumable.
-    Errors: INVALID_ARGUMENT, REVISION_COMPACTED, LIMIT_EXCEEDED,
-    SHUTTING_DOWN.
+    The initial metadata carries `runcontrol-store-id`: the identity of the
+    server's store, the same across restarts of a durable store and on every
+    replica of one database, new at each start of an in-memory server. A client
+    that resumes and sees another identity re-lists instead (its revisions
+    mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
+    LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
     """
 
 @_typing.type_check_only
@@ -138,8 +142,12 @@ class RunControlAsyncStub(RunControlStub):
     """
     WatchRuns: _aio.UnaryStreamMultiCallable[_run_control_pb2.WatchRunsRequest, _run_control_pb2.WatchRunsResponse]  # type: ignore[assignment]
     """Stream every change to the matching runs, in revision order, resumable.
-    Errors: INVALID_ARGUMENT, REVISION_COMPACTED, LIMIT_EXCEEDED,
-    SHUTTING_DOWN.
+    The initial metadata carries `runcontrol-store-id`: the identity of the
+    server's store, the same across restarts of a durable store and on every
+    replica of one database, new at each start of an in-memory server. A client
+    that resumes and sees another identity re-lists instead (its revisions
+    mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
+    LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
     """
 
 class RunControlServicer(metaclass=_abc_1.ABCMeta):
@@ -246,8 +254,12 @@ class RunControlServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_run_control_pb2.WatchRunsResponse], _abc.AsyncIterator[_run_control_pb2.WatchRunsResponse]]:
         """Stream every change to the matching runs, in revision order, resumable.
-        Errors: INVALID_ARGUMENT, REVISION_COMPACTED, LIMIT_EXCEEDED,
-        SHUTTING_DOWN.
+        The initial metadata carries `runcontrol-store-id`: the identity of the
+        server's store, the same across restarts of a durable store and on every
+        replica of one database, new at each start of an in-memory server. A client
+        that resumes and sees another identity re-lists instead (its revisions
+        mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
+        LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
         """
 
 def add_RunControlServicer_to_server(servicer: RunControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -67,6 +67,7 @@ class RunManager:
         `history_size` bounds this process's cache of the change feed (which also drops
         whatever the store compacts)."""
         self._store = store
+        self._store_id: str | None = None
         self._new_id = new_id
         # One reader follows the store's change feed into a local, bounded cache.
         self.feed = FeedCache(
@@ -89,6 +90,11 @@ class RunManager:
         self._detach_cancels: set[asyncio.Task[None]] = set()
 
     @property
+    def store_id(self) -> str | None:
+        """The store's identity (`RunStore.identity`), known once `start` ran."""
+        return self._store_id
+
+    @property
     def store(self) -> RunStore:
         """The store (for introspection and tests; callers use the manager's methods)."""
         return self._store
@@ -105,6 +111,7 @@ class RunManager:
         """Start following the change feed and the janitor (deadlines, retention), and
         return once the feed cache is primed. Idempotent."""
         await self._store.open()
+        self._store_id = await self._store.identity()
         await self.feed.ready()
         self._janitor.start()
 

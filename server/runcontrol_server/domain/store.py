@@ -49,6 +49,13 @@ class RunStore(Protocol):
         """
         ...
 
+    async def identity(self) -> str:
+        """The identity of the stored data: the same for as long as the data lives (a
+        durable store across restarts, every replica of one database), new whenever it
+        starts empty (every in-memory store). A client that reconnects and sees another
+        identity knows the revisions it holds mean nothing there."""
+        ...
+
     async def get_run(self, run_id: str) -> Run:
         """Raises: RunNotFound."""
         ...

@@ -38,6 +38,8 @@ EVENT_TYPE_TO_PROTO: dict[EventType, run_pb2.EventType.ValueType] = {
     m: run_pb2.EventType.Value("EVENT_TYPE_" + m.name) for m in EventType
 }
 _STATUS_UNSPECIFIED = run_pb2.RunStatus.RUN_STATUS_UNSPECIFIED
+# Initial metadata of every WatchRuns stream: the identity of the store it reads.
+STORE_ID_HEADER = "runcontrol-store-id"
 # The initial set is sent in messages of at most this many events (all at one revision).
 INITIAL_CHUNK = 500
 # Encoded batches kept for other watchers of the same revision. Watchers that are caught
@@ -207,6 +209,10 @@ async def watch_runs(
     server stopped) and cancellation are grpc's own and pass through unmapped, as when
     grpc wrote what a generator yielded.
     """
+    if manager.store_id is not None:
+        # Before anything else (errors included): a client that reconnects compares it
+        # with the one it saw, to tell a server that lost its state from a resumable one.
+        await context.send_initial_metadata(((STORE_ID_HEADER, manager.store_id),))
     try:
         validation.validate_watch_runs(request, limits)
         watch_filter = watch_filter_of(request)

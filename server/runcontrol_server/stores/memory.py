@@ -14,6 +14,7 @@ import asyncio
 import bisect
 import heapq
 import itertools
+import uuid
 from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta
@@ -117,6 +118,8 @@ class InMemoryRunStore:
         history_max_age: timedelta | None = DEFAULT_MAX_AGE,
     ) -> None:
         self._clock = clock or MonotonicClock()
+        # This process's runs: gone with it, so each store is a new identity.
+        self._identity = f"memory-{uuid.uuid4()}"
         # The change feed: the store's own ring of committed change sets (what a database
         # store keeps in its events table), bounded by count and age.
         self._feed = ChangeHistory(
@@ -318,6 +321,9 @@ class InMemoryRunStore:
 
     async def open(self) -> None:
         return None
+
+    async def identity(self) -> str:
+        return self._identity
 
     async def close(self) -> None:
         return None

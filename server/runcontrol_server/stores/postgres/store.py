@@ -249,6 +249,7 @@ class PostgresRunStore:
         self._pool: AsyncConnectionPool[Any] | None = None
         self._opened = False
         self._closed = False
+        self._identity: str | None = None
         # The newest bounds this process knows of (own commits, notifications, polls).
         self._head_seen = 0
         self._compact_seen = 0
@@ -282,6 +283,10 @@ class PostgresRunStore:
             raise StoreUnavailable(f"cannot connect to the database: {error}") from error
         async with self._connection() as conn:
             await migrate(conn)
+            cursor = await conn.execute(b"SELECT store_id FROM rc_identity")
+            row = await cursor.fetchone()
+            assert row is not None
+            self._identity = str(row[0])
         self._opened = True
         bounds = await self.feed_bounds()
         self._note(bounds.compact_revision, bounds.head_revision)
@@ -350,6 +355,11 @@ class PostgresRunStore:
         async with self._connection() as conn:
             cursor = await conn.execute(query.encode(), params)
             return await cursor.fetchall()
+
+    async def identity(self) -> str:
+        if self._identity is None:
+            raise RuntimeError("the store is not open (RunManager.start opens it)")
+        return self._identity
 
     # -- reads -------------------------------------------------------------------------
 
