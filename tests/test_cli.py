@@ -8,6 +8,7 @@ The pure formatters (`runcontrol._cli_format`) are unit-tested at the end.
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
 import os
@@ -703,20 +704,281 @@ def test_watch_formatting() -> None:
     assert (decoded["revision"], decoded["prev_status"]) == (9, "pending")
     assert decoded["run"]["run_id"] == "run-1"
 
-    [row] = fmt.watch_item_lines(event, "table", NOW)
-    expected = ["modified", "9", "run-1", "thread-1", "running", "pending", "w1", "3s", "ago"]
-    assert row.split() == expected
+    [row] = fmt.watch_item_lines(event, "table", UTC)
+    expected = ["modified", "9", "run-1", "thread-1", "running", "pending", "w1", "11:59:57", "-"]
+    assert row.split() == expected  # UPDATED: wall-clock time, not "0s ago"
     assert row.index("run-1") == fmt.watch_header().index("RUN_ID")
 
     added = WatchEvent(EventType.ADDED, _run(), None, 4)
     assert json.loads(fmt.watch_event_json(added))["prev_status"] is None
-    assert fmt.watch_item_lines(Bookmark(10), "json", NOW) == []
-    assert fmt.watch_item_lines(Bookmark(10, end_of_initial_set=True), "table", NOW) == []
+    assert fmt.watch_item_lines(Bookmark(10), "json", UTC) == []
+    assert fmt.watch_item_lines(Bookmark(10, end_of_initial_set=True), "table", UTC) == []
 
     resynced = Resynced(12, (_run(),))
-    [snapshot] = fmt.watch_item_lines(resynced, "json", NOW)
+    [snapshot] = fmt.watch_item_lines(resynced, "json", UTC)
     assert json.loads(snapshot)["type"] == "resynced"
     assert [r["run_id"] for r in json.loads(snapshot)["runs"]] == ["run-1"]
-    marker, current = fmt.watch_item_lines(resynced, "table", NOW)
+    marker, current = fmt.watch_item_lines(resynced, "table", UTC)
     assert "resynced at revision 12" in marker
     assert current.split()[:3] == ["current", "12", "run-1"]
+
+
+def test_watch_table_truncates_long_values_and_shows_detail() -> None:
+    long_id = "r" * 50
+    long_thread = "a-thread-id-far-longer-than-its-column"
+    run = _run(
+        run_id=long_id,
+        thread_id=long_thread,
+        status=RunStatus.ERROR,
+        error="out of\nmemory",
+        cancel_reason="user pressed stop",
+        worker_id="worker-with-a-long-name",
+    )
+    header = fmt.watch_header()
+    row = fmt.watch_event_row(WatchEvent(EventType.MODIFIED, run, RunStatus.RUNNING, 9), UTC)
+    assert header.split() == list(fmt.WATCH_COLUMNS)
+    # Every column still starts under its header, long values end in an ellipsis.
+    for column, start in (("THREAD", "a-thread"), ("STATUS", "error"), ("UPDATED", "11:")):
+        assert row.index(start) == header.index(column), column
+    assert row[header.index("RUN_ID") :].startswith("r" * 35 + fmt.ELLIPSIS + " ")
+    assert long_thread[:15] + fmt.ELLIPSIS in row and long_thread not in row
+    assert "worker-with" in row and "worker-with-a-long-name" not in row
+    # DETAIL, the last column, is never cut and stays on one line.
+    assert row[header.index("DETAIL") :] == "error: out of memory; reason: user pressed stop"
+    assert "\n" not in row
+    plain = fmt.watch_event_row(WatchEvent(EventType.ADDED, _run(), None, 4), UTC)
+    assert plain.endswith("11:59:57   -")
+
+
+def test_clock_time_and_fit() -> None:
+    assert fmt.clock_time(NOW, UTC) == "12:00:00"
+    assert fmt.clock_time(NOW, timezone(timedelta(hours=2))) == "14:00:00"
+    assert fmt.clock_time(datetime(2024, 5, 1, 7, 8, 9), UTC) == "07:08:09"  # naive is UTC
+    assert fmt.fit("abcdef", 4) == "abc…"
+    assert fmt.fit("abcd", 4) == "abcd"
+    assert fmt.fit("abcdef", 0) == "abcdef"
+
+
+@pytest.mark.parametrize(
+    ("given", "dialled"),
+    [
+        ("127.0.0.1", "127.0.0.1:50051"),
+        ("127.0.0.1:7000", "127.0.0.1:7000"),
+        ("localhost", "localhost:50051"),
+        ("runcontrol.internal", "runcontrol.internal:50051"),
+        ("[::1]", "[::1]:50051"),
+        ("[::1]:7000", "[::1]:7000"),
+        ("::1", "[::1]:50051"),
+        ("fe80::1", "[fe80::1]:50051"),
+        ("dns:///runcontrol:7000", "dns:///runcontrol:7000"),
+        ("unix:/tmp/runcontrol.sock", "unix:/tmp/runcontrol.sock"),
+    ],
+)
+def test_address_port_defaults_to_50051(
+    given: str, dialled: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert cli.address(given) == dialled
+    assert cli.build_parser().parse_args(["--addr", given, "health"]).addr == dialled
+    monkeypatch.setenv("RUNCONTROL_ADDR", given)
+    assert cli.build_parser().parse_args(["health"]).addr == dialled
+
+
+@pytest.mark.parametrize("bad", ["", "host:port", "host:", "[::1", "[::1]:x", "a b"])
+def test_bad_address_is_a_usage_error(bad: str) -> None:
+    with pytest.raises(argparse.ArgumentTypeError, match="not an address"):
+        cli.address(bad)
+
+
+async def test_address_without_port_dials_50051_not_443() -> None:
+    # Whatever listens there (usually nothing), the message names the port dialled.
+    results = await asyncio.gather(
+        runctl("--addr", "127.0.0.1", "--timeout", "5", "health"),
+        runctl("--timeout", "5", "health", env=_clean_env(RUNCONTROL_ADDR="[::1]")),
+    )
+    for result, dialled in zip(results, ("127.0.0.1:50051", "[::1]:50051"), strict=True):
+        assert dialled in result.out + result.err, result
+        assert ":443" not in result.out + result.err
+    bad = await runctl("--addr", "host:port", "health")
+    assert bad.rc == 2, bad
+
+
+# --- wait: how the run ended -------------------------------------------------------------
+
+
+async def test_wait_exit_code_says_how_the_run_ended(server: InProcessServer) -> None:
+    ids = {name: await _create(server, f"ended-{name}") for name in ("ok", "err", "to", "int")}
+    for name in ("ok", "err", "to"):
+        await _claim(server, ids[name])
+    await _finish_run(server, ids["ok"])
+    await server.stub.SetRunStatus(
+        pb.SetRunStatusRequest(
+            run_id=ids["err"], status=run_pb2.RUN_STATUS_ERROR, worker_id="w1", error="boom"
+        )
+    )
+    await server.stub.SetRunStatus(
+        pb.SetRunStatusRequest(run_id=ids["to"], status=run_pb2.RUN_STATUS_TIMEOUT, worker_id="w1")
+    )
+    await server.stub.CancelRun(pb.CancelRunRequest(run_id=ids["int"], reason="stop"))
+    names = ("ok", "err", "to", "int")
+    results = await asyncio.gather(
+        *(runctl("--addr", server.address, "-o", "json", "wait", ids[n]) for n in names)
+    )
+    expected = {
+        "ok": (0, "success"),
+        "err": (5, "error"),
+        "to": (6, "timeout"),
+        "int": (7, "interrupted"),
+    }
+    for name, result in zip(names, results, strict=True):
+        assert (result.rc, result.one()["status"]) == expected[name], result
+    assert results[0].err == ""
+    assert results[1].err.startswith(f"error: run {ids['err']} finished error: boom")
+    assert results[3].err.startswith(f"error: run {ids['int']} finished interrupted: stop")
+    # Still running after --wait-timeout stays distinct from every way of ending.
+    assert cli.EXIT_WAIT_TIMEOUT not in {cli.EXIT_RUN_ERROR, cli.EXIT_RUN_TIMEOUT}
+    assert cli.EXIT_WAIT_TIMEOUT != cli.EXIT_RUN_INTERRUPTED
+
+
+async def test_wait_exit_codes_are_documented() -> None:
+    main_help, wait_help = await asyncio.gather(runctl("--help"), runctl("wait", "--help"))
+    for code, words in (("5", "error"), ("6", "timeout"), ("7", "interrupted")):
+        assert any(
+            line.strip().startswith(code) and words in line for line in main_help.out.splitlines()
+        ), code
+        assert any(
+            line.strip().startswith(code) and words in line for line in wait_help.out.splitlines()
+        ), code
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("## runctl (command-line client)")[1].split("\n## ")[0]
+    for code in ("| 4 |", "| 5 |", "| 6 |", "| 7 |", "--reconnect-timeout", "50051"):
+        assert code in section, code
+
+
+# --- watch: whole revisions, missing runs, reconnects --------------------------------------
+
+
+async def test_watch_max_events_finishes_the_revision(server: InProcessServer) -> None:
+    first = await _create(server, "revisions")
+    start = await _revision(server) + 1
+    # One revision, two events: the interrupted run and the new one.
+    second = await _create(
+        server, "revisions", multitask_strategy=run_pb2.MULTITASK_STRATEGY_INTERRUPT
+    )
+    await _create(server, "revisions-later")
+    result = await runctl(
+        *("--addr", server.address, "-o", "json", "watch", "--thread", "revisions"),
+        *("--start-revision", str(start), "--max-events", "1"),
+    )
+    assert result.rc == 0, result
+    events = result.json_lines()
+    assert {e["run"]["run_id"] for e in events} == {first, second}
+    assert {e["revision"] for e in events} == {start}
+
+    # The initial set is one revision: --max-events 1 prints all of it.
+    initial = await runctl(
+        *("--addr", server.address, "-o", "json", "watch", "--thread", "revisions"),
+        *("--send-initial", "--max-events", "1"),
+    )
+    assert initial.rc == 0, initial
+    assert {e["run"]["run_id"] for e in initial.json_lines()} == {first, second}
+
+
+async def test_watch_missing_run_id_is_noted_once_and_watched(server: InProcessServer) -> None:
+    present = await _create(server, "present")
+    async with runctl_process(
+        *("--addr", server.address, "-o", "json", "watch"),
+        *("--run-id", "not-yet", present, "--max-events", "1"),
+    ) as proc:
+        assert proc.stderr is not None
+        note = await asyncio.wait_for(proc.stderr.readline(), RUN_TIMEOUT)
+        assert note.decode().startswith("note: run not-yet does not exist (yet)")
+        await _until_watching(server.manager, 1)
+        await _claim(server, present)  # still watching: the change arrives
+        result = await _finish(proc)
+    assert result.rc == 0, result
+    assert [e["run"]["run_id"] for e in result.json_lines()] == [present]
+    assert result.err == ""  # the note was said once (read above), nothing else
+
+
+async def _until_watching(manager: Any, n: int) -> None:
+    """Until the server's watch hub holds `n` watches (the child's stream is open)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + RUN_TIMEOUT
+    while manager.watch_hub.count != n:
+        assert loop.time() < deadline, f"the server never saw {n} watches"
+        await asyncio.sleep(0.02)
+
+
+async def start_server(address: str, store: Any) -> Any:
+    from runcontrol_server.app import RunControlServer
+    from runcontrol_server.config import Settings
+    from runcontrol_server.domain import RunManager
+
+    server = RunControlServer(Settings(listen=address), manager=RunManager(store))
+    await server.start()
+    return server
+
+
+async def _read_until(stream: asyncio.StreamReader, text: str) -> list[str]:
+    lines: list[str] = []
+    while True:
+        line = (await asyncio.wait_for(stream.readline(), RUN_TIMEOUT)).decode()
+        assert line, f"stream ended before {text!r}: {lines}"
+        lines.append(line)
+        if text in line:
+            return lines
+
+
+async def test_watch_reconnects_visibly_and_resumes() -> None:
+    from runcontrol_server.stores.memory import InMemoryRunStore
+
+    store = InMemoryRunStore()
+    address = f"127.0.0.1:{_free_port()}"
+    first = await start_server(address, store)
+    second: Any = None
+    try:
+        async with runctl_process(
+            "--addr", address, "-o", "json", "watch", "--max-events", "2"
+        ) as proc:
+            assert proc.stdout is not None and proc.stderr is not None
+            await _until_watching(first.manager, 1)
+            await first.manager.create_run("t")
+            await asyncio.wait_for(proc.stdout.readline(), RUN_TIMEOUT)
+            await first.stop(grace=0)
+            await _read_until(proc.stderr, f"reconnecting to {address} (attempt 2)")
+            second = await start_server(address, store)
+            await second.manager.create_run("u")  # resumed from where it stopped
+            result = await _finish(proc)
+        assert result.rc == 0, result
+        [event] = result.json_lines()
+        assert event["run"]["thread_id"] == "u"
+        assert f"reconnected to {address}" in result.err
+    finally:
+        await first.stop(grace=0)
+        if second is not None:
+            await second.stop(grace=0)
+
+
+async def test_watch_gives_up_after_reconnect_timeout() -> None:
+    from runcontrol_server.stores.memory import InMemoryRunStore
+
+    address = f"127.0.0.1:{_free_port()}"
+    server = await start_server(address, InMemoryRunStore())
+    try:
+        await server.manager.create_run("t")
+        async with runctl_process(
+            *("--addr", address, "-o", "json", "watch", "--send-initial"),
+            *("--reconnect-timeout", "1.5"),
+        ) as proc:
+            assert proc.stdout is not None
+            first = await asyncio.wait_for(proc.stdout.readline(), RUN_TIMEOUT)
+            assert json.loads(first)["type"] == "added"  # streaming
+            await server.stop(grace=0)
+            result = await _finish(proc)
+    finally:
+        await server.stop(grace=0)
+    assert result.rc == 1, result
+    lines = result.err.splitlines()
+    assert lines[0] == f"reconnecting to {address} (attempt 1)"
+    assert lines[-1].startswith(f"error: gave up reconnecting to {address}")
+    assert "1.5s" in lines[-1]

@@ -2,7 +2,10 @@
 
 Two outputs, as in etcdctl and the temporal CLI:
 
-* table — aligned columns for people, times relative to `now` ("3s ago");
+* table — aligned columns for people, times relative to `now` ("3s ago"); the live
+  watch table instead has fixed-width columns (long values end in "…") and wall-clock
+  times ("14:03:27"), since a stream cannot measure its rows first and "0s ago" says
+  nothing about an event printed as it happens;
 * json — one JSON object per line (NDJSON) for scripts: statuses and enums as
   lower-case names, timestamps ISO 8601 UTC with a `Z`.
 """
@@ -11,17 +14,30 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
 from typing import Any
 
-from ._models import Run
+from ._models import Run, RunStatus
 from ._watch import Bookmark, Resynced, WatchEvent, WatchItem
 
 RUN_COLUMNS = ("RUN_ID", "THREAD", "STATUS", "WORKER", "CREATED", "UPDATED", "REV")
-WATCH_COLUMNS = ("TYPE", "REVISION", "RUN_ID", "THREAD", "STATUS", "PREV", "WORKER", "UPDATED")
-# Streaming output cannot measure its rows first: fixed minimum widths (a UUID is 36).
-_WATCH_WIDTHS = (8, 8, 36, 16, 11, 11, 12, 0)
+WATCH_COLUMNS = (
+    "TYPE",
+    "REVISION",
+    "RUN_ID",
+    "THREAD",
+    "STATUS",
+    "PREV",
+    "WORKER",
+    "UPDATED",
+    "DETAIL",
+)
+# Streaming output cannot measure its rows first: fixed widths (a UUID is 36); a longer
+# value is cut to the width and ends in "…" (-o json has every value in full). DETAIL,
+# the last column, is never cut: the run's error and cancel reason, when present.
+_WATCH_WIDTHS = (8, 8, 36, 16, 11, 11, 12, 8, 0)
 _MISSING = "-"
+ELLIPSIS = "…"
 
 
 def iso_utc(value: datetime | None) -> str | None:
@@ -57,6 +73,35 @@ def relative_time(value: datetime, now: datetime) -> str:
     if future and amount > 0:
         return f"in {text}"
     return f"{text} ago"
+
+
+def clock_time(value: datetime, tz: tzinfo | None = None) -> str:
+    """Wall-clock time of day, `HH:MM:SS`, in `tz` (None: the local time zone)."""
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(tz).strftime("%H:%M:%S")
+
+
+def fit(cell: str, width: int) -> str:
+    """`cell` cut to at most `width` characters, ending in "…" when cut (0: no limit)."""
+    if width <= 0 or len(cell) <= width:
+        return cell
+    return cell[: width - 1] + ELLIPSIS
+
+
+def _one_line(text: str) -> str:
+    """Control characters (newlines in an error message) would break a row."""
+    return "".join(ch if ch.isprintable() else " " for ch in text)
+
+
+def run_detail(run: Run) -> str:
+    """The run's error and cancel reason for the watch table ("-" when neither)."""
+    parts = []
+    if run.error:
+        parts.append(f"error: {run.error}")
+    if run.cancel_reason:
+        parts.append(f"reason: {run.cancel_reason}")
+    return _one_line("; ".join(parts)) or _MISSING
 
 
 def run_to_dict(run: Run) -> dict[str, Any]:
@@ -122,7 +167,10 @@ def runs_table(runs: Sequence[Run], now: datetime) -> list[str]:
 
 
 def _fixed(cells: Sequence[str]) -> str:
-    parts = [cell.ljust(width) for cell, width in zip(cells, _WATCH_WIDTHS, strict=True)]
+    parts = [
+        fit(_one_line(cell), width).ljust(width)
+        for cell, width in zip(cells, _WATCH_WIDTHS, strict=True)
+    ]
     return "   ".join(parts).rstrip()
 
 
@@ -130,20 +178,27 @@ def watch_header() -> str:
     return _fixed(WATCH_COLUMNS)
 
 
-def watch_event_row(event: WatchEvent, now: datetime) -> str:
-    run = event.run
+def _watch_row(
+    kind: str, revision: int, run: Run, prev: RunStatus | None, tz: tzinfo | None
+) -> str:
     return _fixed(
         (
-            event.type.name.lower(),
-            str(event.revision),
+            kind,
+            str(revision),
             run.run_id,
             run.thread_id,
             run.status.name.lower(),
-            event.prev_status.name.lower() if event.prev_status is not None else _MISSING,
+            prev.name.lower() if prev is not None else _MISSING,
             run.worker_id or _MISSING,
-            relative_time(run.updated_at, now),
+            clock_time(run.updated_at, tz),
+            run_detail(run),
         )
     )
+
+
+def watch_event_row(event: WatchEvent, tz: tzinfo | None = None) -> str:
+    """One table row; UPDATED is the run's update time of day in `tz` (None: local)."""
+    return _watch_row(event.type.name.lower(), event.revision, event.run, event.prev_status, tz)
 
 
 def watch_event_json(event: WatchEvent) -> str:
@@ -157,34 +212,21 @@ def watch_event_json(event: WatchEvent) -> str:
     )
 
 
-def watch_item_lines(item: WatchItem, output: str, now: datetime) -> list[str]:
+def watch_item_lines(item: WatchItem, output: str, tz: tzinfo | None = None) -> list[str]:
     """The lines one watch item prints (bookmarks print nothing).
 
     A `Resynced` (the watch fell behind the server's history and re-listed) prints one
     `resynced` line holding the complete current set, which replaces earlier state.
+    Table times are in `tz` (None: the local time zone).
     """
     if isinstance(item, WatchEvent):
-        return [watch_event_json(item) if output == "json" else watch_event_row(item, now)]
+        return [watch_event_json(item) if output == "json" else watch_event_row(item, tz)]
     if isinstance(item, Resynced):
         if output == "json":
             runs = [run_to_dict(run) for run in item.runs]
             return [_dumps({"type": "resynced", "revision": item.revision, "runs": runs})]
         marker = f"-- resynced at revision {item.revision}: {len(item.runs)} matching runs --"
-        rows = [
-            _fixed(
-                (
-                    "current",
-                    str(item.revision),
-                    run.run_id,
-                    run.thread_id,
-                    run.status.name.lower(),
-                    _MISSING,
-                    run.worker_id or _MISSING,
-                    relative_time(run.updated_at, now),
-                )
-            )
-            for run in item.runs
-        ]
+        rows = [_watch_row("current", item.revision, run, None, tz) for run in item.runs]
         return [marker, *rows]
     assert isinstance(item, Bookmark)
     return []

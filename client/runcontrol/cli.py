@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -31,12 +32,15 @@ from . import _cli_format as fmt
 from ._client import AsyncClient, Client
 from ._models import CancelAction, DisconnectMode, MultitaskStrategy, Run, RunStatus
 from ._requests import channel_options
-from ._watch import Resynced, WatchEvent
+from ._watch import Bookmark, Resynced, WatchEvent, resuming_watch
 from .errors import RunControlError, RunNotFound, translated_errors
+from .v1 import run_control_pb2 as pb
+from .v1 import run_control_pb2_grpc
 
 PROG = "runctl"
 ADDR_ENV = "RUNCONTROL_ADDR"
-DEFAULT_ADDR = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_ADDR = f"127.0.0.1:{DEFAULT_PORT}"
 DEFAULT_CALL_TIMEOUT = 10.0
 
 EXIT_OK = 0
@@ -44,7 +48,17 @@ EXIT_ERROR = 1
 EXIT_USAGE = 2
 EXIT_NOT_FOUND = 3
 EXIT_WAIT_TIMEOUT = 4
+EXIT_RUN_ERROR = 5
+EXIT_RUN_TIMEOUT = 6
+EXIT_RUN_INTERRUPTED = 7
 EXIT_INTERRUPTED = 130
+
+# `wait`: how a finished run that did not succeed ends the command.
+_RUN_FAILED_EXIT = {
+    RunStatus.ERROR: EXIT_RUN_ERROR,
+    RunStatus.TIMEOUT: EXIT_RUN_TIMEOUT,
+    RunStatus.INTERRUPTED: EXIT_RUN_INTERRUPTED,
+}
 
 _STATUS_NAMES = [s.name.lower() for s in RunStatus]
 
@@ -71,14 +85,21 @@ Output:
 Exit codes:
   0    success
   1    the server answered with an error ("error: REASON: message" on stderr),
-       or could not be reached; health: the server is not SERVING
+       or could not be reached; health: the server is not SERVING; watch: gave
+       up reconnecting after --reconnect-timeout
   2    usage error (bad flags or arguments)
   3    run not found (RUN_NOT_FOUND)
-  4    wait: the wait timed out before the run finished
+  4    wait: the wait timed out before the run finished (it is still active)
+  5    wait: the run finished with status error
+  6    wait: the run finished with status timeout (its run deadline passed)
+  7    wait: the run finished with status interrupted (cancelled)
   130  interrupted (Ctrl-C)
 
 Environment:
-  {ADDR_ENV}  server address used when --addr is not given (default {DEFAULT_ADDR})"""
+  {ADDR_ENV}  server address used when --addr is not given (default {DEFAULT_ADDR})
+
+Addresses: HOST[:PORT], [IPV6][:PORT] or a bare IPv6 address; the port defaults to
+{DEFAULT_PORT}. A gRPC target with a scheme (dns:, unix:, ipv4:, ...) is used as is."""
 
 
 # --- argument types --------------------------------------------------------------------
@@ -118,6 +139,37 @@ def _lower(text: str) -> str:
     return text.lower()
 
 
+_SCHEME = re.compile(r"^(dns|unix|unix-abstract|vsock|ipv4|ipv6|xds|google-c2p):", re.I)
+_BRACKETED = re.compile(r"^\[([^\[\]]+)\](?::(\d+))?$")
+
+
+def address(text: str) -> str:
+    """A server address with the port filled in (gRPC would otherwise dial 443).
+
+    `host` -> `host:50051`; `[::1]` and a bare `::1` -> `[::1]:50051`; `host:port` and
+    `[::1]:port` are kept; a gRPC target with a scheme (`dns:///h:1`, `unix:/s`) is
+    passed through unchanged.
+    """
+    text = text.strip()
+    if _SCHEME.match(text):
+        return text
+    bracketed = _BRACKETED.match(text)
+    if bracketed:
+        return f"[{bracketed[1]}]:{bracketed[2] or DEFAULT_PORT}"
+    colons = text.count(":")
+    if colons >= 2 and "[" not in text and "]" not in text:
+        return f"[{text}]:{DEFAULT_PORT}"  # a bare IPv6 address has no port
+    if colons == 0 and text and not any(c in text for c in "[]/ "):
+        return f"{text}:{DEFAULT_PORT}"
+    if colons == 1:
+        host, port = text.split(":")
+        if host and not any(c in host for c in "[]/ ") and port.isdigit():
+            return text
+    raise argparse.ArgumentTypeError(
+        f"not an address (HOST[:PORT], [IPV6][:PORT] or a gRPC target): {text!r}"
+    )
+
+
 # --- parser -----------------------------------------------------------------------------
 
 
@@ -131,9 +183,11 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
     group = parser.add_argument_group("global options")
     group.add_argument(
         "--addr",
+        type=address,
         default=default(os.environ.get(ADDR_ENV) or DEFAULT_ADDR),
-        metavar="HOST:PORT",
-        help=f"server address (default: ${ADDR_ENV}, else {DEFAULT_ADDR})",
+        metavar="HOST[:PORT]",
+        help=f"server address; the port defaults to {DEFAULT_PORT} "
+        f"(default: ${ADDR_ENV}, else {DEFAULT_ADDR})",
     )
     group.add_argument(
         "-o",
@@ -305,11 +359,18 @@ def build_parser() -> argparse.ArgumentParser:
         "wait until a run finishes",
         [
             "runctl wait RUN_ID",
-            "runctl wait RUN_ID --wait-timeout 60 || echo 'not finished (exit 4)'",
+            'runctl wait RUN_ID --wait-timeout 60; echo "exit $?"',
             "runctl wait RUN_ID --attach   # Ctrl-C cancels the run (on-disconnect cancel)",
         ],
-        "Block until RUN_ID is in a terminal status and print it. Exits 4 when\n"
-        "--wait-timeout passes first (the run is printed as it is then).",
+        "Block until RUN_ID is in a terminal status and print it. The exit code says\n"
+        "how it ended:\n"
+        "  0  success\n"
+        "  4  --wait-timeout passed first: the run is still active (printed as it is)\n"
+        "  5  the run finished with status error\n"
+        "  6  the run finished with status timeout\n"
+        "  7  the run finished with status interrupted\n"
+        "  3  no such run\n"
+        "  1  the server answered with an error or could not be reached",
     )
     wait.add_argument("run_id", metavar="RUN_ID")
     wait.add_argument(
@@ -330,10 +391,22 @@ def build_parser() -> argparse.ArgumentParser:
             "runctl watch --thread thread-1 --send-initial",
             "runctl watch --status running --start-revision 42 -o json",
             "runctl watch --run-id RUN_ID --max-events 1",
+            "runctl watch --reconnect-timeout 60   # exit 1 if the server is gone for 60s",
         ],
         "Print every change to matching runs as it happens (table: one row per event;\n"
-        'json: {"type", "revision", "prev_status", "run"} per line). Reconnects on its\n'
-        "own after a server restart; stop it with Ctrl-C or --max-events.",
+        'json: {"type", "revision", "prev_status", "run"} per line). Stop it with Ctrl-C\n'
+        "or --max-events.\n"
+        "\n"
+        "Table columns have fixed widths: a longer value is cut and ends in '…' (-o json\n"
+        "has every value in full). UPDATED is the run's last update as wall-clock time\n"
+        "(HH:MM:SS, local time); DETAIL is the run's error and cancel reason, if any.\n"
+        "\n"
+        "A --run-id that does not exist (yet) is noted once on stderr; the watch goes on\n"
+        "and shows the run if it is created later.\n"
+        "\n"
+        "When the connection is lost, the watch reconnects with backoff and resumes\n"
+        "where it stopped, noting 'reconnecting to ADDR (attempt N)' on stderr; it exits\n"
+        "1 if it has not reconnected after --reconnect-timeout (default: never).",
     )
     watch.add_argument("--thread", metavar="THREAD_ID", help="only runs of this thread")
     watch.add_argument(
@@ -361,7 +434,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="first print the current matching runs as added events",
     )
     watch.add_argument(
-        "--max-events", type=_count, metavar="N", help="stop after N events (0: never)"
+        "--max-events",
+        type=_count,
+        metavar="N",
+        help="stop after N events, counted in whole revisions: the revision that reaches N "
+        "is printed to its end (the --send-initial set is one revision); 0: never",
+    )
+    watch.add_argument(
+        "--reconnect-timeout",
+        type=_seconds,
+        metavar="SECONDS",
+        help="give up (exit 1) when the server has been unreachable this long "
+        "(default: keep trying forever)",
     )
 
     health = _command(
@@ -526,10 +610,17 @@ def _cmd_wait(ctx: _Context) -> int:
     with _client(ctx) as client:
         run, done = client.wait_run(a.run_id, timeout=a.wait_timeout, attach=a.attach)
     _print_runs(ctx, [run])
+    status = run.status.name.lower()
     if not done:
-        status = run.status.name.lower()
         raise _Failure(
             f"error: wait timed out: run {run.run_id} is still {status}", EXIT_WAIT_TIMEOUT
+        )
+    failed = _RUN_FAILED_EXIT.get(run.status)
+    if failed is not None:
+        detail = " ".join((run.error or run.cancel_reason or "").split())  # one line
+        raise _Failure(
+            f"error: run {run.run_id} finished {status}" + (f": {detail}" if detail else ""),
+            failed,
         )
     return EXIT_OK
 
@@ -573,30 +664,177 @@ async def _wait_connected(channel: grpc.aio.Channel, addr: str, limit: float | N
         ) from None
 
 
+# Reconnect to a server that came back within ~1s instead of gRPC's default of up to
+# 120s between connection attempts.
+_WATCH_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+class _Streams:
+    """Opens the watch's WatchRuns streams for `resuming_watch` and watches over them.
+
+    * Reconnects: a stream that ended with UNAVAILABLE or without an error means the
+      connection was lost; each following open is a reconnect attempt, noted on stderr
+      (`resuming_watch` backs off between them, up to 5s). A message received means
+      connected again. The streams do not wait for the channel to be ready, so an
+      attempt against a server that is gone fails at once and is counted and noted.
+    * Give-up: while disconnected, `scope` (an `asyncio.timeout`) is armed to expire
+      `reconnect_timeout` seconds after the connection was lost.
+    * Revision boundaries: one message holds one revision's events, so `pending` (the
+      events of the current message not yet handed to the caller) is 0 at a revision's
+      end; the initial set of `send_initial` is one revision spread over messages until
+      `end_of_initial_set`, so `in_initial` is True while it is incomplete.
+    """
+
+    def __init__(
+        self,
+        stub: run_control_pb2_grpc.RunControlAsyncStub,
+        addr: str,
+        reconnect_timeout: float | None,
+        call_timeout: float | None,
+    ) -> None:
+        self._stub = stub
+        self._call_timeout = call_timeout
+        self._addr = addr
+        self._reconnect_timeout = reconnect_timeout
+        self.scope: asyncio.Timeout | None = None
+        self.progress_interval: float | None = None
+        self._lost = False
+        self._attempt = 0
+        self.pending = 0
+        self.in_initial = False
+
+    def disconnected(self) -> None:
+        if self._lost:
+            return
+        self._lost = True
+        if self._reconnect_timeout is not None and self.scope is not None:
+            loop = asyncio.get_running_loop()
+            self.scope.reschedule(loop.time() + self._reconnect_timeout)
+
+    def connected(self) -> None:
+        if self._lost:
+            _note(f"reconnected to {self._addr}")
+        self._lost = False
+        self._attempt = 0
+        if self.scope is not None:
+            self.scope.reschedule(None)
+
+    def open(self, request: pb.WatchRunsRequest) -> _Stream:
+        if self._lost:
+            self._attempt += 1
+            _note(f"reconnecting to {self._addr} (attempt {self._attempt})")
+        if self.progress_interval is not None:
+            # Progress messages while nothing changes: proof of a reconnect in time.
+            request.progress_interval.FromNanoseconds(int(self.progress_interval * 1e9))
+        return _Stream(self, self._stub.WatchRuns(request), request.send_initial)
+
+    async def current_revision(self) -> int:
+        response = await self._stub.ListRuns(
+            pb.ListRunsRequest(page_size=1), timeout=self._call_timeout
+        )
+        revision: int = response.revision
+        return revision
+
+
+class _Stream:
+    """One WatchRuns call as `resuming_watch` iterates it, reporting to `_Streams`."""
+
+    def __init__(self, owner: _Streams, call: Any, send_initial: bool) -> None:
+        self._owner = owner
+        self._call = call
+        self._initial = send_initial
+
+    def cancel(self) -> None:
+        self._call.cancel()
+
+    async def initial_metadata(self) -> Any:
+        """The call's initial metadata (`resuming_watch` reads the store identity)."""
+        return await self._call.initial_metadata()
+
+    async def __aiter__(self) -> Any:
+        owner = self._owner
+        try:
+            async for message in self._call:
+                owner.connected()
+                if self._initial and message.end_of_initial_set:
+                    self._initial = False
+                owner.in_initial = self._initial
+                owner.pending = len(message.events)
+                yield message
+        except grpc.aio.AioRpcError as error:
+            if error.code() is grpc.StatusCode.UNAVAILABLE:
+                owner.disconnected()
+            raise
+        owner.disconnected()  # the server ended the stream: `resuming_watch` reconnects
+
+
+async def _note_missing_runs(client: AsyncClient, run_ids: Sequence[str]) -> None:
+    """Say once which of the watched run ids do not exist (yet): the watch goes on."""
+
+    async def exists(run_id: str) -> bool:
+        try:
+            await client.fetch_run(run_id)
+        except RunNotFound:
+            return False
+        return True
+
+    unique = list(dict.fromkeys(run_ids))
+    found = await asyncio.gather(*(exists(run_id) for run_id in unique))
+    for run_id, present in zip(unique, found, strict=True):
+        if not present:
+            _note(f"note: run {run_id} does not exist (yet); watching for it to be created")
+
+
 async def _watch(ctx: _Context) -> int:
     a = ctx.args
-    channel = grpc.aio.insecure_channel(a.addr, options=channel_options(True))
+    reconnect_timeout: float | None = a.reconnect_timeout
+    options = channel_options(True, _WATCH_CHANNEL_OPTIONS)
+    channel = grpc.aio.insecure_channel(a.addr, options=options)
     try:
         await _wait_connected(channel, a.addr, ctx.call_timeout)
         client = AsyncClient(channel=channel, timeout=ctx.call_timeout)
-        stream = client.watch(
-            thread_id=a.thread,
+        if a.run_id:
+            await _note_missing_runs(client, a.run_id)
+        streams = _Streams(client.stub, a.addr, reconnect_timeout, ctx.call_timeout)
+        if reconnect_timeout is not None:
+            streams.progress_interval = min(max(reconnect_timeout / 2, 0.1), 5.0)
+        request = pb.WatchRunsRequest(
+            thread_id=a.thread or "",
             run_ids=a.run_id or (),
-            statuses=_statuses(a.status),
+            statuses=[s.value for s in _statuses(a.status)],
             start_revision=a.start_revision,
             send_initial=a.send_initial,
         )
+        stream = resuming_watch(streams.open, request, current_revision=streams.current_revision)
         if ctx.output == "table":
             _out(fmt.watch_header())
         seen = 0
         try:
-            async for item in stream:
-                for line in fmt.watch_item_lines(item, ctx.output, ctx.now()):
-                    _out(line)
-                if isinstance(item, WatchEvent | Resynced):
-                    seen += 1
-                    if a.max_events and seen >= a.max_events:
+            async with asyncio.timeout(None) as scope:
+                streams.scope = scope
+                async for item in stream:
+                    for line in fmt.watch_item_lines(item, ctx.output):
+                        _out(line)
+                    if isinstance(item, WatchEvent):
+                        seen += 1
+                        streams.pending -= 1
+                        boundary = streams.pending <= 0 and not streams.in_initial
+                    elif isinstance(item, Resynced):
+                        seen += 1  # a complete set at one revision
+                        boundary = True
+                    else:
+                        boundary = isinstance(item, Bookmark) and item.end_of_initial_set
+                    if a.max_events and seen >= a.max_events and boundary:
                         break
+        except TimeoutError:
+            raise _Failure(
+                f"error: gave up reconnecting to {a.addr}: unreachable for "
+                f"{reconnect_timeout:g}s (--reconnect-timeout)"
+            ) from None
         finally:
             aclose = getattr(stream, "aclose", None)
             if aclose is not None:
