@@ -34,6 +34,21 @@ def median(values: Sequence[float]) -> float:
     return statistics.median(values) if values else 0.0
 
 
+def load_summary(
+    latencies: Sequence[float], errors: Sequence[str], elapsed: float
+) -> dict[str, Any]:
+    """One load round's figures, the same for every driver: calls, QPS, p50/p99 (ms)."""
+    return {
+        "calls": len(latencies),
+        "elapsed": elapsed,
+        "qps": len(latencies) / elapsed if elapsed > 0 else 0.0,
+        "p50_ms": median(latencies),
+        "p99_ms": percentile(latencies, 0.99),
+        "errors": len(errors),
+        "first_error": errors[0] if errors else None,
+    }
+
+
 def rss_kib(pid: int) -> int:
     """Resident set size of a process in KiB (Linux /proc)."""
     with open(f"/proc/{pid}/status", encoding="ascii") as status:

@@ -29,7 +29,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_pb2
 
-from .common import median, percentile
+from .common import load_summary, median, percentile
 
 PREFIX = {"subject": "/runcontrol.v1.RunControl/", "echo": "/bench.Echo/"}
 # The fan-out change: on runcontrol a CreateRun on the watched thread; on the echo a
@@ -187,16 +187,7 @@ class Load:
                 latencies.append((time.perf_counter_ns() - began) / 1e6)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-        return {
-            "calls": len(latencies),
-            "elapsed": elapsed,
-            "qps": len(latencies) / elapsed if elapsed > 0 else 0.0,
-            "p50_ms": median(latencies),
-            "p99_ms": percentile(latencies, 0.99),
-            "errors": len(errors),
-            "first_error": errors[0] if errors else None,
-        }
+        return load_summary(latencies, errors, time.perf_counter() - start)
 
     async def fanout(
         self, target: str, service: str, watchers: int, changes: int, budget: float

@@ -40,7 +40,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from runcontrol_server import eventloop
 
-from .common import median, percentile
+from .common import load_summary
 
 CALL_TIMEOUT = 30.0
 MAX_ERRORS = 100
@@ -161,16 +161,7 @@ class PgLoad:
                 latencies.append((time.perf_counter_ns() - began) / 1e6)
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        elapsed = time.perf_counter() - start
-        return {
-            "calls": len(latencies),
-            "elapsed": elapsed,
-            "qps": len(latencies) / elapsed if elapsed > 0 else 0.0,
-            "p50_ms": median(latencies),
-            "p99_ms": percentile(latencies, 0.99),
-            "errors": len(errors),
-            "first_error": errors[0] if errors else None,
-        }
+        return load_summary(latencies, errors, time.perf_counter() - start)
 
     async def waits(
         self, url: str, database: str, duration: float, interval: float

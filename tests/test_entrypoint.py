@@ -113,29 +113,34 @@ async def test_process_takes_listen_from_environment() -> None:
         assert await server.stop(signal.SIGTERM) == 0
 
 
+async def run_to_exit(*args: str) -> tuple[int | None, bytes, bytes]:
+    """Run the entry point with `args` until it exits on its own (bounded)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "runcontrol_server",
+        *args,
+        stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=clean_env(),
+    )
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
+    return proc.returncode, out, err
+
+
 async def test_process_exits_1_when_the_port_is_taken() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "runcontrol_server",
-            "--listen",
-            f"127.0.0.1:{port}",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=clean_env(),
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
-    assert proc.returncode == 1
+        code, out, err = await run_to_exit("--listen", f"127.0.0.1:{port}")
+    assert code == 1
     assert out == b"", "nothing may claim to be listening"
     assert f"cannot listen on 127.0.0.1:{port}".encode() in err
     assert b"Traceback" not in err
@@ -145,26 +150,9 @@ async def test_process_exits_1_when_the_database_is_out_of_reach() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as closed:
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
         port = closed.getsockname()[1]
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "runcontrol_server",
-            "--listen",
-            "127.0.0.1:0",
-            "--store",
-            f"postgresql://runcontrol:hunter2@127.0.0.1:{port}/runcontrol",
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=clean_env(),
-        )
-        try:
-            out, err = await asyncio.wait_for(proc.communicate(), STARTUP_TIMEOUT)
-        finally:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.wait_for(proc.wait(), EXIT_TIMEOUT)
-    assert proc.returncode == 1
+        url = f"postgresql://runcontrol:hunter2@127.0.0.1:{port}/runcontrol"
+        code, out, err = await run_to_exit("--listen", "127.0.0.1:0", "--store", url)
+    assert code == 1
     assert out == b"", "nothing may claim to be listening"
     assert b"cannot connect to the database" in err
     assert b"Traceback" not in err
