@@ -55,14 +55,19 @@ serve-replicas: $(STAMP) ## a throwaway PostgreSQL and two replicas on 127.0.0.1
 
 test: lint typecheck proto-check pytest node-test ## every check and every test (what CI runs)
 
-pytest: $(STAMP) ## the test suite only, with coverage
+# The Node client's dependencies: its own tests and the README's JavaScript blocks
+# (run by pytest) need them.
+NODE_DEPS := client/node/node_modules/.package-lock.json
+$(NODE_DEPS): client/node/package-lock.json
+	cd client/node && npm ci --no-audit --no-fund --silent
+
+pytest: $(STAMP) $(NODE_DEPS) ## the test suite only, with coverage
 	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='*/runcontrol_server/domain/*' --fail-under=95 > /dev/null || \
 		{ echo 'domain branch coverage is below 95%:'; $(PY) -m coverage report --include='*/runcontrol_server/domain/*'; exit 1; }
 
 .PHONY: node-test
-node-test: $(STAMP) ## the Node.js client tests (client/node) against the real server
-	cd client/node && npm ci --no-audit --no-fund --silent
+node-test: $(STAMP) $(NODE_DEPS) ## the Node.js client tests (client/node) against the real server
 	cd client/node && RUNCONTROL_PYTHON=$(abspath $(PY)) npm test
 
 lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, buf breaking vs main, import-linter

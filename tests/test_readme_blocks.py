@@ -171,10 +171,11 @@ async def test_python_block_runs(block: Block, tmp_path: Path) -> None:
 @pytest.mark.parametrize("block", [b for b in RUNNABLE if b.lang == "js"], ids=lambda b: b.id)
 async def test_js_block_runs(block: Block, tmp_path: Path) -> None:
     node = shutil.which("node")
-    if node is None:
-        pytest.skip("node is not installed")
-    if not (NODE_CLIENT / "node_modules").is_dir():
-        pytest.skip("client/node has no node_modules: run `make node-test` (npm ci) first")
+    # Never skipped: `make test` installs both (a missing one is a broken setup).
+    assert node is not None, "node is not installed (make test needs Node.js and npm)"
+    assert (NODE_CLIENT / "node_modules").is_dir(), (
+        "client/node has no node_modules: run `make pytest` (it runs npm ci) or npm ci there"
+    )
     async with server_process() as server:
         script = tmp_path / "block.js"  # CommonJS, as `node example.js` runs it
         script.write_text(script_for(block, server.address))
