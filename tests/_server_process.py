@@ -48,6 +48,11 @@ class ServerProcess:
 async def server_process(
     *args: str, env: Mapping[str, str] | None = None
 ) -> AsyncIterator[ServerProcess]:
+    environment = dict(env) if env is not None else clean_env()
+    if "--listen" not in args and not environment.get("RUNCONTROL_LISTEN"):
+        # Never the default 50051: a developer's `make serve` (or anything else) may
+        # hold it. Tests always take a free port.
+        args = ("--listen", "127.0.0.1:0", *args)
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -56,7 +61,7 @@ async def server_process(
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=dict(env) if env is not None else clean_env(),
+        env=environment,
     )
     assert proc.stdout is not None
     assert proc.stderr is not None
