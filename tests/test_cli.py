@@ -714,12 +714,13 @@ def test_watch_formatting() -> None:
     assert fmt.watch_item_lines(Bookmark(10), "json", UTC) == []
     assert fmt.watch_item_lines(Bookmark(10, end_of_initial_set=True), "table", UTC) == []
 
-    resynced = Resynced(12, (_run(),))
+    resynced = Resynced(12, (_run(),), "server restarted; state was in memory")
     [snapshot] = fmt.watch_item_lines(resynced, "json", UTC)
     assert json.loads(snapshot)["type"] == "resynced"
+    assert json.loads(snapshot)["reason"] == "server restarted; state was in memory"
     assert [r["run_id"] for r in json.loads(snapshot)["runs"]] == ["run-1"]
     marker, current = fmt.watch_item_lines(resynced, "table", UTC)
-    assert "resynced at revision 12" in marker
+    assert "resynced at revision 12 (server restarted; state was in memory)" in marker
     assert current.split()[:3] == ["current", "12", "run-1"]
 
 

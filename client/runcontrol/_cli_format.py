@@ -215,8 +215,9 @@ def watch_event_json(event: WatchEvent) -> str:
 def watch_item_lines(item: WatchItem, output: str, tz: tzinfo | None = None) -> list[str]:
     """The lines one watch item prints (bookmarks print nothing).
 
-    A `Resynced` (the watch fell behind the server's history and re-listed) prints one
-    `resynced` line holding the complete current set, which replaces earlier state.
+    A `Resynced` (the watch fell behind the server's history, or reached a server that
+    lost its state, and re-listed) prints one `resynced` line saying why, then the
+    complete current set, which replaces earlier state.
     Table times are in `tz` (None: the local time zone).
     """
     if isinstance(item, WatchEvent):
@@ -224,8 +225,12 @@ def watch_item_lines(item: WatchItem, output: str, tz: tzinfo | None = None) -> 
     if isinstance(item, Resynced):
         if output == "json":
             runs = [run_to_dict(run) for run in item.runs]
-            return [_dumps({"type": "resynced", "revision": item.revision, "runs": runs})]
-        marker = f"-- resynced at revision {item.revision}: {len(item.runs)} matching runs --"
+            resynced = {"type": "resynced", "revision": item.revision, "reason": item.reason}
+            return [_dumps({**resynced, "runs": runs})]
+        marker = (
+            f"-- resynced at revision {item.revision} ({item.reason}): "
+            f"{len(item.runs)} matching runs --"
+        )
         rows = [_watch_row("current", item.revision, run, None, tz) for run in item.runs]
         return [marker, *rows]
     assert isinstance(item, Bookmark)
