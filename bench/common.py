@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import math
@@ -13,7 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,33 @@ def load_summary(
         "errors": len(errors),
         "first_error": errors[0] if errors else None,
     }
+
+
+async def serve_commands(target: Any, fixed: Mapping[str, dict[str, Any]] | None = None) -> None:
+    """A load process's command loop: one JSON command per stdin line, `{"op": NAME,
+    **kwargs}`, answered with one JSON line, the result of `await target.NAME(**kwargs)`
+    (or `fixed[NAME]`; an exception becomes `{"error": ...}`). "quit" or the end of
+    stdin ends it; `await target.close()` always runs."""
+    loop = asyncio.get_running_loop()
+    try:
+        while True:
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                return
+            command: dict[str, Any] = json.loads(line)
+            op = command.pop("op")
+            if op == "quit":
+                return
+            try:
+                if fixed is not None and op in fixed:
+                    result = fixed[op]
+                else:
+                    result = await getattr(target, op)(**command)
+            except Exception as exc:
+                result = {"error": f"{type(exc).__name__}: {exc}"}
+            print(json.dumps(result), flush=True)
+    finally:
+        await target.close()
 
 
 def rss_kib(pid: int) -> int:

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import json
 import math
 import os
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -29,7 +27,7 @@ from google.protobuf import duration_pb2, struct_pb2
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_pb2
 
-from .common import load_summary, median, percentile
+from .common import load_summary, median, percentile, serve_commands
 
 PREFIX = {"subject": "/runcontrol.v1.RunControl/", "echo": "/bench.Echo/"}
 # The fan-out change: on runcontrol a CreateRun on the watched thread; on the echo a
@@ -366,30 +364,8 @@ class Load:
         }
 
 
-async def serve_commands() -> None:
-    load = Load()
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            command: dict[str, Any] = json.loads(line)
-            op = command.pop("op")
-            if op == "quit":
-                return
-            try:
-                handler = getattr(load, op)
-                result: dict[str, Any] = await handler(**command)
-            except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(result), flush=True)
-    finally:
-        await load.close()
-
-
 def main() -> int:
-    asyncio.run(serve_commands())
+    asyncio.run(serve_commands(Load()))
     return 0
 
 

@@ -31,7 +31,6 @@ import asyncio
 import itertools
 import json
 import os
-import sys
 import time
 from typing import Any
 
@@ -40,7 +39,7 @@ from psycopg_pool import AsyncConnectionPool
 
 from runcontrol_server import eventloop
 
-from .common import load_summary
+from .common import load_summary, serve_commands
 
 CALL_TIMEOUT = 30.0
 MAX_ERRORS = 100
@@ -225,31 +224,6 @@ def _category(state: str | None, wait_type: str | None, wait_event: str | None) 
     return {"LWLock": "lwlock", "IO": "io"}.get(wait_type, "other")
 
 
-async def serve_commands(loop_name: str) -> None:
-    load = PgLoad()
-    loop = asyncio.get_running_loop()
-    try:
-        while True:
-            line = await loop.run_in_executor(None, sys.stdin.readline)
-            if not line:
-                return
-            command: dict[str, Any] = json.loads(line)
-            op = command.pop("op")
-            if op == "quit":
-                return
-            try:
-                if op == "loop":
-                    result: dict[str, Any] = {"loop": loop_name}
-                else:
-                    handler = getattr(load, op)
-                    result = await handler(**command)
-            except Exception as exc:
-                result = {"error": f"{type(exc).__name__}: {exc}"}
-            print(json.dumps(result), flush=True)
-    finally:
-        await load.close()
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.pgload")
     parser.add_argument("--loop", choices=eventloop.LOOPS, default="auto")
@@ -257,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     # The same loop choice as runcontrol-server's (`--loop auto` by default).
     factory = eventloop.loop_factory(args.loop)
     name = "asyncio" if factory is None else "uvloop"
-    eventloop.run(serve_commands(name), args.loop)
+    eventloop.run(serve_commands(PgLoad(), {"loop": {"loop": name}}), args.loop)
     return 0
 
 
