@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-from .errors import InvalidArgument, RunNotFound
+from .errors import RunNotFound
 from .feed import DEFAULT_CATCH_UP_TIMEOUT, FeedCache
 from .history import DEFAULT_MAX_CHANGES
 from .ids import new_run_id
@@ -134,10 +134,8 @@ class RunManager:
 
         Raises: InvalidArgument, RevisionCompacted, StoreUnavailable.
         """
-        if revision < 1:
-            raise InvalidArgument("start_revision", "must be at least 1")
-        await self.feed.catch_up(revision - 1)
-        watcher.seek(revision)
+        await self.feed.catch_up(revision - 1)  # at once for a revision < 1 ...
+        watcher.seek(revision)  # ... which seek refuses
 
     async def snapshot(
         self, thread_id: str | None, run_ids: frozenset[str]

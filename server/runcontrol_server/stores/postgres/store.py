@@ -605,10 +605,7 @@ class PostgresRunStore:
                 },
             )
         # Fetched after the COMMIT went out in the same round trip.
-        row = await cursor.fetchone()
-        assert row is not None
-        updated = run_from_row(row)
-        self._committed(updated.mod_revision)
+        updated = await self._answer(cursor)
         return TransitionOutcome(updated, changed=True)
 
     async def cancel_run(self, run_id: str, action: CancelAction, reason: str) -> CancelOutcome:
@@ -629,10 +626,7 @@ class PostgresRunStore:
                     "channel": CHANNEL,
                 },
             )
-        row = await cursor.fetchone()
-        assert row is not None
-        cancelled = run_from_row(row)
-        self._committed(cancelled.mod_revision)
+        cancelled = await self._answer(cursor)
         return CancelOutcome(cancelled, cancelled=True)
 
     async def delete_run(self, run_id: str, expected_mod_revision: int | None) -> DeleteOutcome:
@@ -711,6 +705,15 @@ class PostgresRunStore:
             )
 
     # -- internals ---------------------------------------------------------------------
+
+    async def _answer(self, cursor: psycopg.AsyncCursor[Any]) -> Run:
+        """The run a write's tail returned (read once its COMMIT went out); this process
+        learns the new revision without waiting for its own NOTIFY."""
+        row = await cursor.fetchone()
+        assert row is not None
+        run = run_from_row(row)
+        self._committed(run.mod_revision)
+        return run
 
     async def _lock_batch(
         self,
