@@ -24,54 +24,59 @@ _sym_db = _symbol_database.Default()
 
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
+from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 from runcontrol.v1 import run_pb2 as runcontrol_dot_v1_dot_run__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fruncontrol/v1/run_control.proto\x12\rruncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x17runcontrol/v1/run.proto\"\xed\x02\n\x10\x43reateRunRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x19\n\x0c\x61ssistant_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x34\n\ron_disconnect\x18\x03 \x01(\x0e\x32\x1d.runcontrol.v1.DisconnectMode\x12<\n\x12multitask_strategy\x18\x04 \x01(\x0e\x32 .runcontrol.v1.MultitaskStrategy\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06kwargs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\nrequest_id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_assistant_idB\r\n\x0b_request_id\"\x9f\x01\n\x11\x43reateRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x32\n\x10interrupted_runs\x18\x02 \x03(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x1d\n\x15queued_behind_run_ids\x18\x03 \x03(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"7\n\x0eGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\"w\n\x0fListRunsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12*\n\x08statuses\x18\x02 \x03(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xd1\x01\n\x13SetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x12\n\x05\x65rror\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tworker_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\"\n\x15\x65xpected_mod_revision\x18\x05 \x01(\x03H\x02\x88\x01\x01\x42\x08\n\x06_errorB\x0c\n\n_worker_idB\x18\n\x16_expected_mod_revision\"N\n\x14SetRunStatusResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"o\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.runcontrol.v1.CancelAction\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reason\"M\n\x11\x43\x61ncelRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"\'\n\x12HasInflightRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"N\n\x13HasInflightResponse\x12\x14\n\x0chas_inflight\x18\x01 \x01(\x08\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"`\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x15\x65xpected_mod_revision\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x18\n\x16_expected_mod_revision\"L\n\x11\x44\x65leteRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\\\n\x0eWaitRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x61ttach\x18\x03 \x01(\x08\"F\n\x0fWaitRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"\xc6\x01\n\x10WatchRunsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12*\n\x08statuses\x18\x03 \x03(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x16\n\x0estart_revision\x18\x04 \x01(\x03\x12\x14\n\x0csend_initial\x18\x05 \x01(\x08\x12\x34\n\x11progress_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9a\x01\n\x08RunEvent\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.runcontrol.v1.EventType\x12%\n\x03run\x18\x02 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12-\n\x0bprev_status\x18\x03 \x01(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\x81\x01\n\x11WatchRunsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.runcontrol.v1.RunEvent\x12\x1a\n\x12\x65nd_of_initial_set\x18\x03 \x01(\x08\x12\x15\n\rprogress_only\x18\x04 \x01(\x08\x32\xdb\x05\n\nRunControl\x12N\n\tCreateRun\x12\x1f.runcontrol.v1.CreateRunRequest\x1a .runcontrol.v1.CreateRunResponse\x12\x45\n\x06GetRun\x12\x1c.runcontrol.v1.GetRunRequest\x1a\x1d.runcontrol.v1.GetRunResponse\x12K\n\x08ListRuns\x12\x1e.runcontrol.v1.ListRunsRequest\x1a\x1f.runcontrol.v1.ListRunsResponse\x12W\n\x0cSetRunStatus\x12\".runcontrol.v1.SetRunStatusRequest\x1a#.runcontrol.v1.SetRunStatusResponse\x12N\n\tCancelRun\x12\x1f.runcontrol.v1.CancelRunRequest\x1a .runcontrol.v1.CancelRunResponse\x12T\n\x0bHasInflight\x12!.runcontrol.v1.HasInflightRequest\x1a\".runcontrol.v1.HasInflightResponse\x12N\n\tDeleteRun\x12\x1f.runcontrol.v1.DeleteRunRequest\x1a .runcontrol.v1.DeleteRunResponse\x12H\n\x07WaitRun\x12\x1d.runcontrol.v1.WaitRunRequest\x1a\x1e.runcontrol.v1.WaitRunResponse\x12P\n\tWatchRuns\x12\x1f.runcontrol.v1.WatchRunsRequest\x1a .runcontrol.v1.WatchRunsResponse0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1fruncontrol/v1/run_control.proto\x12\rruncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x17runcontrol/v1/run.proto\"\xaf\x03\n\x10\x43reateRunRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x19\n\x0c\x61ssistant_id\x18\x02 \x01(\tH\x00\x88\x01\x01\x12\x34\n\ron_disconnect\x18\x03 \x01(\x0e\x32\x1d.runcontrol.v1.DisconnectMode\x12<\n\x12multitask_strategy\x18\x04 \x01(\x0e\x32 .runcontrol.v1.MultitaskStrategy\x12)\n\x08metadata\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06kwargs\x18\x06 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\nrequest_id\x18\x07 \x01(\tH\x01\x88\x01\x01\x12*\n\x07timeout\x18\x08 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rmetadata_json\x18\t \x01(\t\x12\x13\n\x0bkwargs_json\x18\n \x01(\t\x12\x14\n\x0cmax_attempts\x18\x0b \x01(\x05\x42\x0f\n\r_assistant_idB\r\n\x0b_request_id\"\x9f\x01\n\x11\x43reateRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x32\n\x10interrupted_runs\x18\x02 \x03(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x1d\n\x15queued_behind_run_ids\x18\x03 \x03(\t\x12\x10\n\x08replayed\x18\x04 \x01(\x08\"\x1f\n\rGetRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\"7\n\x0eGetRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\"w\n\x0fListRunsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12*\n\x08statuses\x18\x02 \x03(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x11\n\tpage_size\x18\x03 \x01(\x05\x12\x12\n\npage_token\x18\x04 \x01(\t\"e\n\x10ListRunsResponse\x12&\n\x04runs\x18\x01 \x03(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"\xff\x01\n\x13SetRunStatusRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12(\n\x06status\x18\x02 \x01(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x12\n\x05\x65rror\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x16\n\tworker_id\x18\x04 \x01(\tH\x01\x88\x01\x01\x12\"\n\x15\x65xpected_mod_revision\x18\x05 \x01(\x03H\x02\x88\x01\x01\x12,\n\tlease_ttl\x18\x06 \x01(\x0b\x32\x19.google.protobuf.DurationB\x08\n\x06_errorB\x0c\n\n_worker_idB\x18\n\x16_expected_mod_revision\"N\n\x14SetRunStatusResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x0f\n\x07\x63hanged\x18\x02 \x01(\x08\"o\n\x10\x43\x61ncelRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.runcontrol.v1.CancelAction\x12\x13\n\x06reason\x18\x03 \x01(\tH\x00\x88\x01\x01\x42\t\n\x07_reason\"M\n\x11\x43\x61ncelRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x11\n\tcancelled\x18\x02 \x01(\x08\"\'\n\x12HasInflightRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\"N\n\x13HasInflightResponse\x12\x14\n\x0chas_inflight\x18\x01 \x01(\x08\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12\x10\n\x08revision\x18\x03 \x01(\x03\"`\n\x10\x44\x65leteRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\"\n\x15\x65xpected_mod_revision\x18\x02 \x01(\x03H\x00\x88\x01\x01\x42\x18\n\x16_expected_mod_revision\"L\n\x11\x44\x65leteRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x10\n\x08revision\x18\x02 \x01(\x03\"\\\n\x0eWaitRunRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12*\n\x07timeout\x18\x02 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0e\n\x06\x61ttach\x18\x03 \x01(\x08\"F\n\x0fWaitRunResponse\x12%\n\x03run\x18\x01 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12\x0c\n\x04\x64one\x18\x02 \x01(\x08\"\xc6\x01\n\x10WatchRunsRequest\x12\x11\n\tthread_id\x18\x01 \x01(\t\x12\x0f\n\x07run_ids\x18\x02 \x03(\t\x12*\n\x08statuses\x18\x03 \x03(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x16\n\x0estart_revision\x18\x04 \x01(\x03\x12\x14\n\x0csend_initial\x18\x05 \x01(\x08\x12\x34\n\x11progress_interval\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9a\x01\n\x08RunEvent\x12&\n\x04type\x18\x01 \x01(\x0e\x32\x18.runcontrol.v1.EventType\x12%\n\x03run\x18\x02 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord\x12-\n\x0bprev_status\x18\x03 \x01(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x10\n\x08revision\x18\x04 \x01(\x03\"\x81\x01\n\x11WatchRunsResponse\x12\x10\n\x08revision\x18\x01 \x01(\x03\x12\'\n\x06\x65vents\x18\x02 \x03(\x0b\x32\x17.runcontrol.v1.RunEvent\x12\x1a\n\x12\x65nd_of_initial_set\x18\x03 \x01(\x08\x12\x15\n\rprogress_only\x18\x04 \x01(\x08\"9\n\x14RenewRunLeaseRequest\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tworker_id\x18\x02 \x01(\t\"t\n\x15RenewRunLeaseResponse\x12\x34\n\x10lease_expires_at\x18\x01 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12%\n\x03run\x18\x02 \x01(\x0b\x32\x18.runcontrol.v1.RunRecord2\xb7\x06\n\nRunControl\x12N\n\tCreateRun\x12\x1f.runcontrol.v1.CreateRunRequest\x1a .runcontrol.v1.CreateRunResponse\x12\x45\n\x06GetRun\x12\x1c.runcontrol.v1.GetRunRequest\x1a\x1d.runcontrol.v1.GetRunResponse\x12K\n\x08ListRuns\x12\x1e.runcontrol.v1.ListRunsRequest\x1a\x1f.runcontrol.v1.ListRunsResponse\x12W\n\x0cSetRunStatus\x12\".runcontrol.v1.SetRunStatusRequest\x1a#.runcontrol.v1.SetRunStatusResponse\x12N\n\tCancelRun\x12\x1f.runcontrol.v1.CancelRunRequest\x1a .runcontrol.v1.CancelRunResponse\x12T\n\x0bHasInflight\x12!.runcontrol.v1.HasInflightRequest\x1a\".runcontrol.v1.HasInflightResponse\x12N\n\tDeleteRun\x12\x1f.runcontrol.v1.DeleteRunRequest\x1a .runcontrol.v1.DeleteRunResponse\x12H\n\x07WaitRun\x12\x1d.runcontrol.v1.WaitRunRequest\x1a\x1e.runcontrol.v1.WaitRunResponse\x12P\n\tWatchRuns\x12\x1f.runcontrol.v1.WatchRunsRequest\x1a .runcontrol.v1.WatchRunsResponse0\x01\x12Z\n\rRenewRunLease\x12#.runcontrol.v1.RenewRunLeaseRequest\x1a$.runcontrol.v1.RenewRunLeaseResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runcontrol.v1.run_control_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_CREATERUNREQUEST']._serialized_start=138
-  _globals['_CREATERUNREQUEST']._serialized_end=503
-  _globals['_CREATERUNRESPONSE']._serialized_start=506
-  _globals['_CREATERUNRESPONSE']._serialized_end=665
-  _globals['_GETRUNREQUEST']._serialized_start=667
-  _globals['_GETRUNREQUEST']._serialized_end=698
-  _globals['_GETRUNRESPONSE']._serialized_start=700
-  _globals['_GETRUNRESPONSE']._serialized_end=755
-  _globals['_LISTRUNSREQUEST']._serialized_start=757
-  _globals['_LISTRUNSREQUEST']._serialized_end=876
-  _globals['_LISTRUNSRESPONSE']._serialized_start=878
-  _globals['_LISTRUNSRESPONSE']._serialized_end=979
-  _globals['_SETRUNSTATUSREQUEST']._serialized_start=982
-  _globals['_SETRUNSTATUSREQUEST']._serialized_end=1191
-  _globals['_SETRUNSTATUSRESPONSE']._serialized_start=1193
-  _globals['_SETRUNSTATUSRESPONSE']._serialized_end=1271
-  _globals['_CANCELRUNREQUEST']._serialized_start=1273
-  _globals['_CANCELRUNREQUEST']._serialized_end=1384
-  _globals['_CANCELRUNRESPONSE']._serialized_start=1386
-  _globals['_CANCELRUNRESPONSE']._serialized_end=1463
-  _globals['_HASINFLIGHTREQUEST']._serialized_start=1465
-  _globals['_HASINFLIGHTREQUEST']._serialized_end=1504
-  _globals['_HASINFLIGHTRESPONSE']._serialized_start=1506
-  _globals['_HASINFLIGHTRESPONSE']._serialized_end=1584
-  _globals['_DELETERUNREQUEST']._serialized_start=1586
-  _globals['_DELETERUNREQUEST']._serialized_end=1682
-  _globals['_DELETERUNRESPONSE']._serialized_start=1684
-  _globals['_DELETERUNRESPONSE']._serialized_end=1760
-  _globals['_WAITRUNREQUEST']._serialized_start=1762
-  _globals['_WAITRUNREQUEST']._serialized_end=1854
-  _globals['_WAITRUNRESPONSE']._serialized_start=1856
-  _globals['_WAITRUNRESPONSE']._serialized_end=1926
-  _globals['_WATCHRUNSREQUEST']._serialized_start=1929
-  _globals['_WATCHRUNSREQUEST']._serialized_end=2127
-  _globals['_RUNEVENT']._serialized_start=2130
-  _globals['_RUNEVENT']._serialized_end=2284
-  _globals['_WATCHRUNSRESPONSE']._serialized_start=2287
-  _globals['_WATCHRUNSRESPONSE']._serialized_end=2416
-  _globals['_RUNCONTROL']._serialized_start=2419
-  _globals['_RUNCONTROL']._serialized_end=3150
+  _globals['_CREATERUNREQUEST']._serialized_start=171
+  _globals['_CREATERUNREQUEST']._serialized_end=602
+  _globals['_CREATERUNRESPONSE']._serialized_start=605
+  _globals['_CREATERUNRESPONSE']._serialized_end=764
+  _globals['_GETRUNREQUEST']._serialized_start=766
+  _globals['_GETRUNREQUEST']._serialized_end=797
+  _globals['_GETRUNRESPONSE']._serialized_start=799
+  _globals['_GETRUNRESPONSE']._serialized_end=854
+  _globals['_LISTRUNSREQUEST']._serialized_start=856
+  _globals['_LISTRUNSREQUEST']._serialized_end=975
+  _globals['_LISTRUNSRESPONSE']._serialized_start=977
+  _globals['_LISTRUNSRESPONSE']._serialized_end=1078
+  _globals['_SETRUNSTATUSREQUEST']._serialized_start=1081
+  _globals['_SETRUNSTATUSREQUEST']._serialized_end=1336
+  _globals['_SETRUNSTATUSRESPONSE']._serialized_start=1338
+  _globals['_SETRUNSTATUSRESPONSE']._serialized_end=1416
+  _globals['_CANCELRUNREQUEST']._serialized_start=1418
+  _globals['_CANCELRUNREQUEST']._serialized_end=1529
+  _globals['_CANCELRUNRESPONSE']._serialized_start=1531
+  _globals['_CANCELRUNRESPONSE']._serialized_end=1608
+  _globals['_HASINFLIGHTREQUEST']._serialized_start=1610
+  _globals['_HASINFLIGHTREQUEST']._serialized_end=1649
+  _globals['_HASINFLIGHTRESPONSE']._serialized_start=1651
+  _globals['_HASINFLIGHTRESPONSE']._serialized_end=1729
+  _globals['_DELETERUNREQUEST']._serialized_start=1731
+  _globals['_DELETERUNREQUEST']._serialized_end=1827
+  _globals['_DELETERUNRESPONSE']._serialized_start=1829
+  _globals['_DELETERUNRESPONSE']._serialized_end=1905
+  _globals['_WAITRUNREQUEST']._serialized_start=1907
+  _globals['_WAITRUNREQUEST']._serialized_end=1999
+  _globals['_WAITRUNRESPONSE']._serialized_start=2001
+  _globals['_WAITRUNRESPONSE']._serialized_end=2071
+  _globals['_WATCHRUNSREQUEST']._serialized_start=2074
+  _globals['_WATCHRUNSREQUEST']._serialized_end=2272
+  _globals['_RUNEVENT']._serialized_start=2275
+  _globals['_RUNEVENT']._serialized_end=2429
+  _globals['_WATCHRUNSRESPONSE']._serialized_start=2432
+  _globals['_WATCHRUNSRESPONSE']._serialized_end=2561
+  _globals['_RENEWRUNLEASEREQUEST']._serialized_start=2563
+  _globals['_RENEWRUNLEASEREQUEST']._serialized_end=2620
+  _globals['_RENEWRUNLEASERESPONSE']._serialized_start=2622
+  _globals['_RENEWRUNLEASERESPONSE']._serialized_end=2738
+  _globals['_RUNCONTROL']._serialized_start=2741
+  _globals['_RUNCONTROL']._serialized_end=3564
 # @@protoc_insertion_point(module_scope)

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from runcontrol.v1 import run_pb2 as _run_pb2
 import builtins as _builtins
@@ -33,6 +34,9 @@ class CreateRunRequest(_message.Message):
     KWARGS_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     TIMEOUT_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    KWARGS_JSON_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
     thread_id: _builtins.str
     """Required. The thread the run belongs to (1-128 printable characters)."""
     assistant_id: _builtins.str
@@ -50,13 +54,36 @@ class CreateRunRequest(_message.Message):
     request fails with REQUEST_ID_REUSED. The key is remembered as long as
     the run it created is kept.
     """
+    metadata_json: _builtins.str
+    """Optional. The metadata as JSON object text, instead of `metadata` (set at
+    most one of the two): numbers are kept exactly as written, integers of
+    any size included. NaN and Infinity are refused. Counted against the same
+    size limit, as UTF-8 bytes.
+    """
+    kwargs_json: _builtins.str
+    """Optional. The kwargs as JSON object text, instead of `kwargs`; the same
+    rules as `metadata_json`.
+    """
+    max_attempts: _builtins.int
+    """Optional. How many claims the run may have in all, 1-100; 0 means 1.
+    With more than one, a run whose worker's lease lapses goes back to
+    PENDING for another worker instead of ending ERROR.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Optional caller metadata, at most 1 MiB serialized (server setting)."""
+        """Optional caller metadata, at most 1 MiB serialized (server setting).
+        A Struct holds every number as a double, so the service stores a number
+        that is integral, finite and at most 2^53 in size as an integer (a Struct
+        cannot tell 100 from 100.0, and nearly every sender means 100): readers of
+        `RunRecord.metadata_json` see 100. Other numbers stay floats. For exact
+        values send `metadata_json` instead.
+        """
 
     @_builtins.property
     def kwargs(self) -> _struct_pb2.Struct:
-        """Optional worker arguments, at most 1 MiB serialized (server setting)."""
+        """Optional worker arguments, at most 1 MiB serialized (server setting).
+        Numbers are stored as for `metadata`; for exact values send `kwargs_json`.
+        """
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
@@ -75,10 +102,13 @@ class CreateRunRequest(_message.Message):
         kwargs: _struct_pb2.Struct | None = ...,
         request_id: _builtins.str | None = ...,
         timeout: _duration_pb2.Duration | None = ...,
+        metadata_json: _builtins.str = ...,
+        kwargs_json: _builtins.str = ...,
+        max_attempts: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_request_id", b"_request_id", "assistant_id", b"assistant_id", "kwargs", b"kwargs", "metadata", b"metadata", "request_id", b"request_id", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_request_id", b"_request_id", "assistant_id", b"assistant_id", "kwargs", b"kwargs", "metadata", b"metadata", "multitask_strategy", b"multitask_strategy", "on_disconnect", b"on_disconnect", "request_id", b"request_id", "thread_id", b"thread_id", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_request_id", b"_request_id", "assistant_id", b"assistant_id", "kwargs", b"kwargs", "kwargs_json", b"kwargs_json", "max_attempts", b"max_attempts", "metadata", b"metadata", "metadata_json", b"metadata_json", "multitask_strategy", b"multitask_strategy", "on_disconnect", b"on_disconnect", "request_id", b"request_id", "thread_id", b"thread_id", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assistant_id: _TypeAlias = _typing.Literal["assistant_id"]  # noqa: Y015
     _WhichOneofArgType__assistant_id: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id"]  # noqa: Y015
@@ -258,6 +288,7 @@ class SetRunStatusRequest(_message.Message):
     ERROR_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     EXPECTED_MOD_REVISION_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Required. The run to move."""
     status: _run_pb2.RunStatus.ValueType
@@ -287,6 +318,16 @@ class SetRunStatusRequest(_message.Message):
     request that repeats the move that already happened succeeds with
     `changed = false` before this check, so retries stay safe.
     """
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration:
+        """Optional, with a claim (PENDING -> RUNNING) only: the claimer holds a
+        lease of this length (1 s - 1 h) and must renew it with RenewRunLease
+        before it lapses (renewing every third of it is a good rhythm). A lapsed
+        lease returns the run to PENDING or ends it ERROR (see `max_attempts`).
+        A worker_id is needed to renew: send one, or use the id the server
+        assigns. Refused with INVALID_ARGUMENT on any other move.
+        """
+
     def __init__(
         self,
         *,
@@ -295,10 +336,11 @@ class SetRunStatusRequest(_message.Message):
         error: _builtins.str | None = ...,
         worker_id: _builtins.str | None = ...,
         expected_mod_revision: _builtins.int | None = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_expected_mod_revision", b"_expected_mod_revision", "_worker_id", b"_worker_id", "error", b"error", "expected_mod_revision", b"expected_mod_revision", "worker_id", b"worker_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_expected_mod_revision", b"_expected_mod_revision", "_worker_id", b"_worker_id", "error", b"error", "expected_mod_revision", b"expected_mod_revision", "lease_ttl", b"lease_ttl", "worker_id", b"worker_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_expected_mod_revision", b"_expected_mod_revision", "_worker_id", b"_worker_id", "error", b"error", "expected_mod_revision", b"expected_mod_revision", "run_id", b"run_id", "status", b"status", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_error", b"_error", "_expected_mod_revision", b"_expected_mod_revision", "_worker_id", b"_worker_id", "error", b"error", "expected_mod_revision", b"expected_mod_revision", "lease_ttl", b"lease_ttl", "run_id", b"run_id", "status", b"status", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__error: _TypeAlias = _typing.Literal["error"]  # noqa: Y015
     _WhichOneofArgType__error: _TypeAlias = _typing.Literal["_error", b"_error"]  # noqa: Y015
@@ -697,3 +739,55 @@ class WatchRunsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchRunsResponse: _TypeAlias = WatchRunsResponse  # noqa: Y015
+
+@_typing.final
+class RenewRunLeaseRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_ID_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    run_id: _builtins.str
+    """Required. The claimed run."""
+    worker_id: _builtins.str
+    """Required. The worker holding the lease (the claim's worker_id)."""
+    def __init__(
+        self,
+        *,
+        run_id: _builtins.str = ...,
+        worker_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["run_id", b"run_id", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRunLeaseRequest: _TypeAlias = RenewRunLeaseRequest  # noqa: Y015
+
+@_typing.final
+class RenewRunLeaseResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LEASE_EXPIRES_AT_FIELD_NUMBER: _builtins.int
+    RUN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def lease_expires_at(self) -> _timestamp_pb2.Timestamp:
+        """When the renewed lease lapses unless renewed again (server clock)."""
+
+    @_builtins.property
+    def run(self) -> _run_pb2.RunRecord:
+        """The run as stored (unchanged by the renewal)."""
+
+    def __init__(
+        self,
+        *,
+        lease_expires_at: _timestamp_pb2.Timestamp | None = ...,
+        run: _run_pb2.RunRecord | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["lease_expires_at", b"lease_expires_at", "run", b"run"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lease_expires_at", b"lease_expires_at", "run", b"run"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RenewRunLeaseResponse: _TypeAlias = RenewRunLeaseResponse  # noqa: Y015

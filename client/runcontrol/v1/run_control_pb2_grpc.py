@@ -36,13 +36,49 @@ class RunControlStub:
     ALREADY_CLAIMED (run_id, worker_id), RUN_ACTIVE (run_id, status),
     REQUEST_ID_REUSED (request_id, run_id), REVISION_MISMATCH (run_id,
     expected_mod_revision, mod_revision), REVISION_COMPACTED (compact_revision),
-    LIMIT_EXCEEDED (limit), SHUTTING_DOWN (revision). Branch on `reason`,
-    never on the message text.
+    LIMIT_EXCEEDED (limit; field when a request field went past it),
+    SHUTTING_DOWN (revision), LEASE_NOT_HELD (run_id, status, worker_id),
+    UNAUTHENTICATED (method, required_role), PERMISSION_DENIED (method,
+    required_role, role), MALFORMED_REQUEST (message_type: the request bytes do
+    not parse as that message; INVALID_ARGUMENT, on every method). Branch on
+    `reason`, never on the message text.
+
+    Access: a server started with a tokens file (--tokens-file) needs on every
+    call the metadata `authorization: Bearer <token>`, or under mutual TLS a
+    client certificate that file lists, and the role the call needs. `reader`:
+    GetRun, ListRuns, WatchRuns, HasInflight, WaitRun without attach. `worker`:
+    the same plus SetRunStatus and RenewRunLease. `admin`: everything, i.e. also
+    CreateRun, CancelRun, DeleteRun and WaitRun with `attach = true`: an
+    attached wait cancels its run when the caller goes away, which is
+    CancelRun's power, so it needs CancelRun's role (a worker ends its own run
+    with SetRunStatus). No or an unknown credential: UNAUTHENTICATED; too low a
+    role: PERMISSION_DENIED. grpc.health.v1 and reflection need no credential.
+
+    Payloads: `metadata` and `kwargs` are JSON objects. Sent as Structs, every
+    number is a double (integers above 2^53 lose digits, 100 reads back as
+    100.0 in Python). For exact values, send them as text in
+    `CreateRunRequest.metadata_json` / `kwargs_json` and ask for text back with
+    the request header `runcontrol-payload-format: json` on any call: every
+    RunRecord in its answer then carries `metadata_json` / `kwargs_json`
+    instead of the Structs. Without the header answers are as before.
+
+    Worker leases: a claim may ask for a lease (`lease_ttl`); the worker renews
+    it with RenewRunLease. When it lapses (the worker died or lost its
+    network), the service moves the run back to PENDING when it has attempts
+    left (`CreateRunRequest.max_attempts`) or to ERROR "worker lost", so no run
+    stays RUNNING because its worker is gone.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
-    once serialized (server setting --max-payload-bytes); cancel reasons at most
-    4096 characters; a longer `error` is kept truncated, never refused.
+    1-128 printable characters; cancel reasons at most 4096 characters; a longer
+    `error` is kept truncated, never refused. Server settings bound the rest,
+    each answered RESOURCE_EXHAUSTED / LIMIT_EXCEEDED with its name in `limit`:
+    `metadata` and `kwargs` at most 1 MiB each once serialized
+    (max_payload_bytes, with `field`), active runs per thread
+    (max_active_runs_per_thread: ENQUEUE), runs stored (max_stored_runs),
+    WatchRuns streams (max_watchers, max_watchers_per_peer) and waiting
+    WaitRun calls (max_waiters, max_waiters_per_peer). A request message larger
+    than the server's --max-message-bytes is refused by gRPC itself:
+    RESOURCE_EXHAUSTED without ErrorInfo.
     """
 
     def __init__(self, channel):
@@ -96,6 +132,11 @@ class RunControlStub:
                 request_serializer=runcontrol_dot_v1_dot_run__control__pb2.WatchRunsRequest.SerializeToString,
                 response_deserializer=runcontrol_dot_v1_dot_run__control__pb2.WatchRunsResponse.FromString,
                 _registered_method=True)
+        self.RenewRunLease = channel.unary_unary(
+                '/runcontrol.v1.RunControl/RenewRunLease',
+                request_serializer=runcontrol_dot_v1_dot_run__control__pb2.RenewRunLeaseRequest.SerializeToString,
+                response_deserializer=runcontrol_dot_v1_dot_run__control__pb2.RenewRunLeaseResponse.FromString,
+                _registered_method=True)
 
 
 class RunControlServicer:
@@ -109,19 +150,56 @@ class RunControlServicer:
     ALREADY_CLAIMED (run_id, worker_id), RUN_ACTIVE (run_id, status),
     REQUEST_ID_REUSED (request_id, run_id), REVISION_MISMATCH (run_id,
     expected_mod_revision, mod_revision), REVISION_COMPACTED (compact_revision),
-    LIMIT_EXCEEDED (limit), SHUTTING_DOWN (revision). Branch on `reason`,
-    never on the message text.
+    LIMIT_EXCEEDED (limit; field when a request field went past it),
+    SHUTTING_DOWN (revision), LEASE_NOT_HELD (run_id, status, worker_id),
+    UNAUTHENTICATED (method, required_role), PERMISSION_DENIED (method,
+    required_role, role), MALFORMED_REQUEST (message_type: the request bytes do
+    not parse as that message; INVALID_ARGUMENT, on every method). Branch on
+    `reason`, never on the message text.
+
+    Access: a server started with a tokens file (--tokens-file) needs on every
+    call the metadata `authorization: Bearer <token>`, or under mutual TLS a
+    client certificate that file lists, and the role the call needs. `reader`:
+    GetRun, ListRuns, WatchRuns, HasInflight, WaitRun without attach. `worker`:
+    the same plus SetRunStatus and RenewRunLease. `admin`: everything, i.e. also
+    CreateRun, CancelRun, DeleteRun and WaitRun with `attach = true`: an
+    attached wait cancels its run when the caller goes away, which is
+    CancelRun's power, so it needs CancelRun's role (a worker ends its own run
+    with SetRunStatus). No or an unknown credential: UNAUTHENTICATED; too low a
+    role: PERMISSION_DENIED. grpc.health.v1 and reflection need no credential.
+
+    Payloads: `metadata` and `kwargs` are JSON objects. Sent as Structs, every
+    number is a double (integers above 2^53 lose digits, 100 reads back as
+    100.0 in Python). For exact values, send them as text in
+    `CreateRunRequest.metadata_json` / `kwargs_json` and ask for text back with
+    the request header `runcontrol-payload-format: json` on any call: every
+    RunRecord in its answer then carries `metadata_json` / `kwargs_json`
+    instead of the Structs. Without the header answers are as before.
+
+    Worker leases: a claim may ask for a lease (`lease_ttl`); the worker renews
+    it with RenewRunLease. When it lapses (the worker died or lost its
+    network), the service moves the run back to PENDING when it has attempts
+    left (`CreateRunRequest.max_attempts`) or to ERROR "worker lost", so no run
+    stays RUNNING because its worker is gone.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
-    once serialized (server setting --max-payload-bytes); cancel reasons at most
-    4096 characters; a longer `error` is kept truncated, never refused.
+    1-128 printable characters; cancel reasons at most 4096 characters; a longer
+    `error` is kept truncated, never refused. Server settings bound the rest,
+    each answered RESOURCE_EXHAUSTED / LIMIT_EXCEEDED with its name in `limit`:
+    `metadata` and `kwargs` at most 1 MiB each once serialized
+    (max_payload_bytes, with `field`), active runs per thread
+    (max_active_runs_per_thread: ENQUEUE), runs stored (max_stored_runs),
+    WatchRuns streams (max_watchers, max_watchers_per_peer) and waiting
+    WaitRun calls (max_waiters, max_waiters_per_peer). A request message larger
+    than the server's --max-message-bytes is refused by gRPC itself:
+    RESOURCE_EXHAUSTED without ErrorInfo.
     """
 
     def CreateRun(self, request, context):
         """Atomically apply the multitask strategy and create a PENDING run.
         Errors: INVALID_ARGUMENT, THREAD_BUSY (REJECT on a thread with active
-        runs), REQUEST_ID_REUSED.
+        runs), REQUEST_ID_REUSED, LIMIT_EXCEEDED (max_payload_bytes,
+        max_active_runs_per_thread, max_stored_runs).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -174,8 +252,10 @@ class RunControlServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WaitRun(self, request, context):
-        """Block until the run is terminal or `timeout` passes.
-        Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN.
+        """Block until the run is terminal or `timeout` passes. With a tokens file:
+        role reader, but admin when `attach = true` (see Access above).
+        Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN, LIMIT_EXCEEDED
+        (max_waiters, max_waiters_per_peer).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -189,6 +269,18 @@ class RunControlServicer:
         that resumes and sees another identity re-lists instead (its revisions
         mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
         LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RenewRunLease(self, request, context):
+        """Renew the lease of a claimed run (the worker's heartbeat). Renewals use
+        no revision and send no watch event (as etcd's lease keep-alives), so
+        they cost nothing to watchers. Errors: INVALID_ARGUMENT, RUN_NOT_FOUND,
+        LEASE_NOT_HELD (FAILED_PRECONDITION: the run is not RUNNING under this
+        worker with a lease: it finished, was cancelled, or its lease lapsed;
+        metadata `status` says which): the worker should stop.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -242,6 +334,11 @@ def add_RunControlServicer_to_server(servicer, server):
                     request_deserializer=runcontrol_dot_v1_dot_run__control__pb2.WatchRunsRequest.FromString,
                     response_serializer=runcontrol_dot_v1_dot_run__control__pb2.WatchRunsResponse.SerializeToString,
             ),
+            'RenewRunLease': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewRunLease,
+                    request_deserializer=runcontrol_dot_v1_dot_run__control__pb2.RenewRunLeaseRequest.FromString,
+                    response_serializer=runcontrol_dot_v1_dot_run__control__pb2.RenewRunLeaseResponse.SerializeToString,
+            ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
             'runcontrol.v1.RunControl', rpc_method_handlers)
@@ -261,13 +358,49 @@ class RunControl:
     ALREADY_CLAIMED (run_id, worker_id), RUN_ACTIVE (run_id, status),
     REQUEST_ID_REUSED (request_id, run_id), REVISION_MISMATCH (run_id,
     expected_mod_revision, mod_revision), REVISION_COMPACTED (compact_revision),
-    LIMIT_EXCEEDED (limit), SHUTTING_DOWN (revision). Branch on `reason`,
-    never on the message text.
+    LIMIT_EXCEEDED (limit; field when a request field went past it),
+    SHUTTING_DOWN (revision), LEASE_NOT_HELD (run_id, status, worker_id),
+    UNAUTHENTICATED (method, required_role), PERMISSION_DENIED (method,
+    required_role, role), MALFORMED_REQUEST (message_type: the request bytes do
+    not parse as that message; INVALID_ARGUMENT, on every method). Branch on
+    `reason`, never on the message text.
+
+    Access: a server started with a tokens file (--tokens-file) needs on every
+    call the metadata `authorization: Bearer <token>`, or under mutual TLS a
+    client certificate that file lists, and the role the call needs. `reader`:
+    GetRun, ListRuns, WatchRuns, HasInflight, WaitRun without attach. `worker`:
+    the same plus SetRunStatus and RenewRunLease. `admin`: everything, i.e. also
+    CreateRun, CancelRun, DeleteRun and WaitRun with `attach = true`: an
+    attached wait cancels its run when the caller goes away, which is
+    CancelRun's power, so it needs CancelRun's role (a worker ends its own run
+    with SetRunStatus). No or an unknown credential: UNAUTHENTICATED; too low a
+    role: PERMISSION_DENIED. grpc.health.v1 and reflection need no credential.
+
+    Payloads: `metadata` and `kwargs` are JSON objects. Sent as Structs, every
+    number is a double (integers above 2^53 lose digits, 100 reads back as
+    100.0 in Python). For exact values, send them as text in
+    `CreateRunRequest.metadata_json` / `kwargs_json` and ask for text back with
+    the request header `runcontrol-payload-format: json` on any call: every
+    RunRecord in its answer then carries `metadata_json` / `kwargs_json`
+    instead of the Structs. Without the header answers are as before.
+
+    Worker leases: a claim may ask for a lease (`lease_ttl`); the worker renews
+    it with RenewRunLease. When it lapses (the worker died or lost its
+    network), the service moves the run back to PENDING when it has attempts
+    left (`CreateRunRequest.max_attempts`) or to ERROR "worker lost", so no run
+    stays RUNNING because its worker is gone.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
-    once serialized (server setting --max-payload-bytes); cancel reasons at most
-    4096 characters; a longer `error` is kept truncated, never refused.
+    1-128 printable characters; cancel reasons at most 4096 characters; a longer
+    `error` is kept truncated, never refused. Server settings bound the rest,
+    each answered RESOURCE_EXHAUSTED / LIMIT_EXCEEDED with its name in `limit`:
+    `metadata` and `kwargs` at most 1 MiB each once serialized
+    (max_payload_bytes, with `field`), active runs per thread
+    (max_active_runs_per_thread: ENQUEUE), runs stored (max_stored_runs),
+    WatchRuns streams (max_watchers, max_watchers_per_peer) and waiting
+    WaitRun calls (max_waiters, max_waiters_per_peer). A request message larger
+    than the server's --max-message-bytes is refused by gRPC itself:
+    RESOURCE_EXHAUSTED without ErrorInfo.
     """
 
     @staticmethod
@@ -503,6 +636,33 @@ class RunControl:
             '/runcontrol.v1.RunControl/WatchRuns',
             runcontrol_dot_v1_dot_run__control__pb2.WatchRunsRequest.SerializeToString,
             runcontrol_dot_v1_dot_run__control__pb2.WatchRunsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewRunLease(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/runcontrol.v1.RunControl/RenewRunLease',
+            runcontrol_dot_v1_dot_run__control__pb2.RenewRunLeaseRequest.SerializeToString,
+            runcontrol_dot_v1_dot_run__control__pb2.RenewRunLeaseResponse.FromString,
             options,
             channel_credentials,
             insecure,

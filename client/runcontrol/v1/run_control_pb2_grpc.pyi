@@ -37,13 +37,49 @@ class RunControlStub:
     ALREADY_CLAIMED (run_id, worker_id), RUN_ACTIVE (run_id, status),
     REQUEST_ID_REUSED (request_id, run_id), REVISION_MISMATCH (run_id,
     expected_mod_revision, mod_revision), REVISION_COMPACTED (compact_revision),
-    LIMIT_EXCEEDED (limit), SHUTTING_DOWN (revision). Branch on `reason`,
-    never on the message text.
+    LIMIT_EXCEEDED (limit; field when a request field went past it),
+    SHUTTING_DOWN (revision), LEASE_NOT_HELD (run_id, status, worker_id),
+    UNAUTHENTICATED (method, required_role), PERMISSION_DENIED (method,
+    required_role, role), MALFORMED_REQUEST (message_type: the request bytes do
+    not parse as that message; INVALID_ARGUMENT, on every method). Branch on
+    `reason`, never on the message text.
+
+    Access: a server started with a tokens file (--tokens-file) needs on every
+    call the metadata `authorization: Bearer <token>`, or under mutual TLS a
+    client certificate that file lists, and the role the call needs. `reader`:
+    GetRun, ListRuns, WatchRuns, HasInflight, WaitRun without attach. `worker`:
+    the same plus SetRunStatus and RenewRunLease. `admin`: everything, i.e. also
+    CreateRun, CancelRun, DeleteRun and WaitRun with `attach = true`: an
+    attached wait cancels its run when the caller goes away, which is
+    CancelRun's power, so it needs CancelRun's role (a worker ends its own run
+    with SetRunStatus). No or an unknown credential: UNAUTHENTICATED; too low a
+    role: PERMISSION_DENIED. grpc.health.v1 and reflection need no credential.
+
+    Payloads: `metadata` and `kwargs` are JSON objects. Sent as Structs, every
+    number is a double (integers above 2^53 lose digits, 100 reads back as
+    100.0 in Python). For exact values, send them as text in
+    `CreateRunRequest.metadata_json` / `kwargs_json` and ask for text back with
+    the request header `runcontrol-payload-format: json` on any call: every
+    RunRecord in its answer then carries `metadata_json` / `kwargs_json`
+    instead of the Structs. Without the header answers are as before.
+
+    Worker leases: a claim may ask for a lease (`lease_ttl`); the worker renews
+    it with RenewRunLease. When it lapses (the worker died or lost its
+    network), the service moves the run back to PENDING when it has attempts
+    left (`CreateRunRequest.max_attempts`) or to ERROR "worker lost", so no run
+    stays RUNNING because its worker is gone.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
-    once serialized (server setting --max-payload-bytes); cancel reasons at most
-    4096 characters; a longer `error` is kept truncated, never refused.
+    1-128 printable characters; cancel reasons at most 4096 characters; a longer
+    `error` is kept truncated, never refused. Server settings bound the rest,
+    each answered RESOURCE_EXHAUSTED / LIMIT_EXCEEDED with its name in `limit`:
+    `metadata` and `kwargs` at most 1 MiB each once serialized
+    (max_payload_bytes, with `field`), active runs per thread
+    (max_active_runs_per_thread: ENQUEUE), runs stored (max_stored_runs),
+    WatchRuns streams (max_watchers, max_watchers_per_peer) and waiting
+    WaitRun calls (max_waiters, max_waiters_per_peer). A request message larger
+    than the server's --max-message-bytes is refused by gRPC itself:
+    RESOURCE_EXHAUSTED without ErrorInfo.
     """
 
     @_typing.overload
@@ -53,7 +89,8 @@ class RunControlStub:
     CreateRun: _grpc.UnaryUnaryMultiCallable[_run_control_pb2.CreateRunRequest, _run_control_pb2.CreateRunResponse]
     """Atomically apply the multitask strategy and create a PENDING run.
     Errors: INVALID_ARGUMENT, THREAD_BUSY (REJECT on a thread with active
-    runs), REQUEST_ID_REUSED.
+    runs), REQUEST_ID_REUSED, LIMIT_EXCEEDED (max_payload_bytes,
+    max_active_runs_per_thread, max_stored_runs).
     """
     GetRun: _grpc.UnaryUnaryMultiCallable[_run_control_pb2.GetRunRequest, _run_control_pb2.GetRunResponse]
     """Read one run. Errors: INVALID_ARGUMENT, RUN_NOT_FOUND."""
@@ -76,8 +113,10 @@ class RunControlStub:
     RUN_ACTIVE, REVISION_MISMATCH.
     """
     WaitRun: _grpc.UnaryUnaryMultiCallable[_run_control_pb2.WaitRunRequest, _run_control_pb2.WaitRunResponse]
-    """Block until the run is terminal or `timeout` passes.
-    Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN.
+    """Block until the run is terminal or `timeout` passes. With a tokens file:
+    role reader, but admin when `attach = true` (see Access above).
+    Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN, LIMIT_EXCEEDED
+    (max_waiters, max_waiters_per_peer).
     """
     WatchRuns: _grpc.UnaryStreamMultiCallable[_run_control_pb2.WatchRunsRequest, _run_control_pb2.WatchRunsResponse]
     """Stream every change to the matching runs, in revision order, resumable.
@@ -87,6 +126,14 @@ class RunControlStub:
     that resumes and sees another identity re-lists instead (its revisions
     mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
     LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
+    """
+    RenewRunLease: _grpc.UnaryUnaryMultiCallable[_run_control_pb2.RenewRunLeaseRequest, _run_control_pb2.RenewRunLeaseResponse]
+    """Renew the lease of a claimed run (the worker's heartbeat). Renewals use
+    no revision and send no watch event (as etcd's lease keep-alives), so
+    they cost nothing to watchers. Errors: INVALID_ARGUMENT, RUN_NOT_FOUND,
+    LEASE_NOT_HELD (FAILED_PRECONDITION: the run is not RUNNING under this
+    worker with a lease: it finished, was cancelled, or its lease lapsed;
+    metadata `status` says which): the worker should stop.
     """
 
 @_typing.type_check_only
@@ -101,20 +148,57 @@ class RunControlAsyncStub(RunControlStub):
     ALREADY_CLAIMED (run_id, worker_id), RUN_ACTIVE (run_id, status),
     REQUEST_ID_REUSED (request_id, run_id), REVISION_MISMATCH (run_id,
     expected_mod_revision, mod_revision), REVISION_COMPACTED (compact_revision),
-    LIMIT_EXCEEDED (limit), SHUTTING_DOWN (revision). Branch on `reason`,
-    never on the message text.
+    LIMIT_EXCEEDED (limit; field when a request field went past it),
+    SHUTTING_DOWN (revision), LEASE_NOT_HELD (run_id, status, worker_id),
+    UNAUTHENTICATED (method, required_role), PERMISSION_DENIED (method,
+    required_role, role), MALFORMED_REQUEST (message_type: the request bytes do
+    not parse as that message; INVALID_ARGUMENT, on every method). Branch on
+    `reason`, never on the message text.
+
+    Access: a server started with a tokens file (--tokens-file) needs on every
+    call the metadata `authorization: Bearer <token>`, or under mutual TLS a
+    client certificate that file lists, and the role the call needs. `reader`:
+    GetRun, ListRuns, WatchRuns, HasInflight, WaitRun without attach. `worker`:
+    the same plus SetRunStatus and RenewRunLease. `admin`: everything, i.e. also
+    CreateRun, CancelRun, DeleteRun and WaitRun with `attach = true`: an
+    attached wait cancels its run when the caller goes away, which is
+    CancelRun's power, so it needs CancelRun's role (a worker ends its own run
+    with SetRunStatus). No or an unknown credential: UNAUTHENTICATED; too low a
+    role: PERMISSION_DENIED. grpc.health.v1 and reflection need no credential.
+
+    Payloads: `metadata` and `kwargs` are JSON objects. Sent as Structs, every
+    number is a double (integers above 2^53 lose digits, 100 reads back as
+    100.0 in Python). For exact values, send them as text in
+    `CreateRunRequest.metadata_json` / `kwargs_json` and ask for text back with
+    the request header `runcontrol-payload-format: json` on any call: every
+    RunRecord in its answer then carries `metadata_json` / `kwargs_json`
+    instead of the Structs. Without the header answers are as before.
+
+    Worker leases: a claim may ask for a lease (`lease_ttl`); the worker renews
+    it with RenewRunLease. When it lapses (the worker died or lost its
+    network), the service moves the run back to PENDING when it has attempts
+    left (`CreateRunRequest.max_attempts`) or to ERROR "worker lost", so no run
+    stays RUNNING because its worker is gone.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
-    once serialized (server setting --max-payload-bytes); cancel reasons at most
-    4096 characters; a longer `error` is kept truncated, never refused.
+    1-128 printable characters; cancel reasons at most 4096 characters; a longer
+    `error` is kept truncated, never refused. Server settings bound the rest,
+    each answered RESOURCE_EXHAUSTED / LIMIT_EXCEEDED with its name in `limit`:
+    `metadata` and `kwargs` at most 1 MiB each once serialized
+    (max_payload_bytes, with `field`), active runs per thread
+    (max_active_runs_per_thread: ENQUEUE), runs stored (max_stored_runs),
+    WatchRuns streams (max_watchers, max_watchers_per_peer) and waiting
+    WaitRun calls (max_waiters, max_waiters_per_peer). A request message larger
+    than the server's --max-message-bytes is refused by gRPC itself:
+    RESOURCE_EXHAUSTED without ErrorInfo.
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     CreateRun: _aio.UnaryUnaryMultiCallable[_run_control_pb2.CreateRunRequest, _run_control_pb2.CreateRunResponse]  # type: ignore[assignment]
     """Atomically apply the multitask strategy and create a PENDING run.
     Errors: INVALID_ARGUMENT, THREAD_BUSY (REJECT on a thread with active
-    runs), REQUEST_ID_REUSED.
+    runs), REQUEST_ID_REUSED, LIMIT_EXCEEDED (max_payload_bytes,
+    max_active_runs_per_thread, max_stored_runs).
     """
     GetRun: _aio.UnaryUnaryMultiCallable[_run_control_pb2.GetRunRequest, _run_control_pb2.GetRunResponse]  # type: ignore[assignment]
     """Read one run. Errors: INVALID_ARGUMENT, RUN_NOT_FOUND."""
@@ -137,8 +221,10 @@ class RunControlAsyncStub(RunControlStub):
     RUN_ACTIVE, REVISION_MISMATCH.
     """
     WaitRun: _aio.UnaryUnaryMultiCallable[_run_control_pb2.WaitRunRequest, _run_control_pb2.WaitRunResponse]  # type: ignore[assignment]
-    """Block until the run is terminal or `timeout` passes.
-    Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN.
+    """Block until the run is terminal or `timeout` passes. With a tokens file:
+    role reader, but admin when `attach = true` (see Access above).
+    Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN, LIMIT_EXCEEDED
+    (max_waiters, max_waiters_per_peer).
     """
     WatchRuns: _aio.UnaryStreamMultiCallable[_run_control_pb2.WatchRunsRequest, _run_control_pb2.WatchRunsResponse]  # type: ignore[assignment]
     """Stream every change to the matching runs, in revision order, resumable.
@@ -148,6 +234,14 @@ class RunControlAsyncStub(RunControlStub):
     that resumes and sees another identity re-lists instead (its revisions
     mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
     LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
+    """
+    RenewRunLease: _aio.UnaryUnaryMultiCallable[_run_control_pb2.RenewRunLeaseRequest, _run_control_pb2.RenewRunLeaseResponse]  # type: ignore[assignment]
+    """Renew the lease of a claimed run (the worker's heartbeat). Renewals use
+    no revision and send no watch event (as etcd's lease keep-alives), so
+    they cost nothing to watchers. Errors: INVALID_ARGUMENT, RUN_NOT_FOUND,
+    LEASE_NOT_HELD (FAILED_PRECONDITION: the run is not RUNNING under this
+    worker with a lease: it finished, was cancelled, or its lease lapsed;
+    metadata `status` says which): the worker should stop.
     """
 
 class RunControlServicer(metaclass=_abc_1.ABCMeta):
@@ -161,13 +255,49 @@ class RunControlServicer(metaclass=_abc_1.ABCMeta):
     ALREADY_CLAIMED (run_id, worker_id), RUN_ACTIVE (run_id, status),
     REQUEST_ID_REUSED (request_id, run_id), REVISION_MISMATCH (run_id,
     expected_mod_revision, mod_revision), REVISION_COMPACTED (compact_revision),
-    LIMIT_EXCEEDED (limit), SHUTTING_DOWN (revision). Branch on `reason`,
-    never on the message text.
+    LIMIT_EXCEEDED (limit; field when a request field went past it),
+    SHUTTING_DOWN (revision), LEASE_NOT_HELD (run_id, status, worker_id),
+    UNAUTHENTICATED (method, required_role), PERMISSION_DENIED (method,
+    required_role, role), MALFORMED_REQUEST (message_type: the request bytes do
+    not parse as that message; INVALID_ARGUMENT, on every method). Branch on
+    `reason`, never on the message text.
+
+    Access: a server started with a tokens file (--tokens-file) needs on every
+    call the metadata `authorization: Bearer <token>`, or under mutual TLS a
+    client certificate that file lists, and the role the call needs. `reader`:
+    GetRun, ListRuns, WatchRuns, HasInflight, WaitRun without attach. `worker`:
+    the same plus SetRunStatus and RenewRunLease. `admin`: everything, i.e. also
+    CreateRun, CancelRun, DeleteRun and WaitRun with `attach = true`: an
+    attached wait cancels its run when the caller goes away, which is
+    CancelRun's power, so it needs CancelRun's role (a worker ends its own run
+    with SetRunStatus). No or an unknown credential: UNAUTHENTICATED; too low a
+    role: PERMISSION_DENIED. grpc.health.v1 and reflection need no credential.
+
+    Payloads: `metadata` and `kwargs` are JSON objects. Sent as Structs, every
+    number is a double (integers above 2^53 lose digits, 100 reads back as
+    100.0 in Python). For exact values, send them as text in
+    `CreateRunRequest.metadata_json` / `kwargs_json` and ask for text back with
+    the request header `runcontrol-payload-format: json` on any call: every
+    RunRecord in its answer then carries `metadata_json` / `kwargs_json`
+    instead of the Structs. Without the header answers are as before.
+
+    Worker leases: a claim may ask for a lease (`lease_ttl`); the worker renews
+    it with RenewRunLease. When it lapses (the worker died or lost its
+    network), the service moves the run back to PENDING when it has attempts
+    left (`CreateRunRequest.max_attempts`) or to ERROR "worker lost", so no run
+    stays RUNNING because its worker is gone.
 
     Limits: ids (run_id, thread_id, assistant_id, worker_id, request_id) are
-    1-128 printable characters; `metadata` and `kwargs` are at most 1 MiB each
-    once serialized (server setting --max-payload-bytes); cancel reasons at most
-    4096 characters; a longer `error` is kept truncated, never refused.
+    1-128 printable characters; cancel reasons at most 4096 characters; a longer
+    `error` is kept truncated, never refused. Server settings bound the rest,
+    each answered RESOURCE_EXHAUSTED / LIMIT_EXCEEDED with its name in `limit`:
+    `metadata` and `kwargs` at most 1 MiB each once serialized
+    (max_payload_bytes, with `field`), active runs per thread
+    (max_active_runs_per_thread: ENQUEUE), runs stored (max_stored_runs),
+    WatchRuns streams (max_watchers, max_watchers_per_peer) and waiting
+    WaitRun calls (max_waiters, max_waiters_per_peer). A request message larger
+    than the server's --max-message-bytes is refused by gRPC itself:
+    RESOURCE_EXHAUSTED without ErrorInfo.
     """
 
     @_abc_1.abstractmethod
@@ -178,7 +308,8 @@ class RunControlServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_run_control_pb2.CreateRunResponse, _abc.Awaitable[_run_control_pb2.CreateRunResponse]]:
         """Atomically apply the multitask strategy and create a PENDING run.
         Errors: INVALID_ARGUMENT, THREAD_BUSY (REJECT on a thread with active
-        runs), REQUEST_ID_REUSED.
+        runs), REQUEST_ID_REUSED, LIMIT_EXCEEDED (max_payload_bytes,
+        max_active_runs_per_thread, max_stored_runs).
         """
 
     @_abc_1.abstractmethod
@@ -243,8 +374,10 @@ class RunControlServicer(metaclass=_abc_1.ABCMeta):
         request: _run_control_pb2.WaitRunRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_run_control_pb2.WaitRunResponse, _abc.Awaitable[_run_control_pb2.WaitRunResponse]]:
-        """Block until the run is terminal or `timeout` passes.
-        Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN.
+        """Block until the run is terminal or `timeout` passes. With a tokens file:
+        role reader, but admin when `attach = true` (see Access above).
+        Errors: INVALID_ARGUMENT, RUN_NOT_FOUND, SHUTTING_DOWN, LIMIT_EXCEEDED
+        (max_waiters, max_waiters_per_peer).
         """
 
     @_abc_1.abstractmethod
@@ -260,6 +393,20 @@ class RunControlServicer(metaclass=_abc_1.ABCMeta):
         that resumes and sees another identity re-lists instead (its revisions
         mean nothing there). Errors: INVALID_ARGUMENT, REVISION_COMPACTED,
         LIMIT_EXCEEDED, SHUTTING_DOWN, STORE_UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def RenewRunLease(
+        self,
+        request: _run_control_pb2.RenewRunLeaseRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_run_control_pb2.RenewRunLeaseResponse, _abc.Awaitable[_run_control_pb2.RenewRunLeaseResponse]]:
+        """Renew the lease of a claimed run (the worker's heartbeat). Renewals use
+        no revision and send no watch event (as etcd's lease keep-alives), so
+        they cost nothing to watchers. Errors: INVALID_ARGUMENT, RUN_NOT_FOUND,
+        LEASE_NOT_HELD (FAILED_PRECONDITION: the run is not RUNNING under this
+        worker with a lease: it finished, was cancelled, or its lease lapsed;
+        metadata `status` says which): the worker should stop.
         """
 
 def add_RunControlServicer_to_server(servicer: RunControlServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -22,27 +22,28 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17runcontrol/v1/run.proto\x12\rruncontrol.v1\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd7\x05\n\tRunRecord\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x19\n\x0c\x61ssistant_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x34\n\ron_disconnect\x18\x05 \x01(\x0e\x32\x1d.runcontrol.v1.DisconnectMode\x12<\n\x12multitask_strategy\x18\x06 \x01(\x0e\x32 .runcontrol.v1.MultitaskStrategy\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06kwargs\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\x05\x65rror\x18\x0b \x01(\tH\x01\x88\x01\x01\x12\x32\n\rcancel_action\x18\x0c \x01(\x0e\x32\x1b.runcontrol.v1.CancelAction\x12\x1a\n\rcancel_reason\x18\r \x01(\tH\x02\x88\x01\x01\x12\x16\n\tworker_id\x18\x0e \x01(\tH\x03\x88\x01\x01\x12,\n\x08\x64\x65\x61\x64line\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63reate_revision\x18\x10 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x11 \x01(\x03\x12\x17\n\nrequest_id\x18\x12 \x01(\tH\x04\x88\x01\x01\x42\x0f\n\r_assistant_idB\x08\n\x06_errorB\x10\n\x0e_cancel_reasonB\x0c\n\n_worker_idB\r\n\x0b_request_id*\xb9\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x16\n\x12RUN_STATUS_SUCCESS\x10\x03\x12\x14\n\x10RUN_STATUS_ERROR\x10\x04\x12\x16\n\x12RUN_STATUS_TIMEOUT\x10\x05\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x06*k\n\x0e\x44isconnectMode\x12\x1f\n\x1b\x44ISCONNECT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44ISCONNECT_MODE_CANCEL\x10\x01\x12\x1c\n\x18\x44ISCONNECT_MODE_CONTINUE\x10\x02*\xb9\x01\n\x11MultitaskStrategy\x12\"\n\x1eMULTITASK_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19MULTITASK_STRATEGY_REJECT\x10\x01\x12 \n\x1cMULTITASK_STRATEGY_INTERRUPT\x10\x02\x12\x1f\n\x1bMULTITASK_STRATEGY_ROLLBACK\x10\x03\x12\x1e\n\x1aMULTITASK_STRATEGY_ENQUEUE\x10\x04*f\n\x0c\x43\x61ncelAction\x12\x1d\n\x19\x43\x41NCEL_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41NCEL_ACTION_INTERRUPT\x10\x01\x12\x1a\n\x16\x43\x41NCEL_ACTION_ROLLBACK\x10\x02*n\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_ADDED\x10\x01\x12\x17\n\x13\x45VENT_TYPE_MODIFIED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17runcontrol/v1/run.proto\x12\rruncontrol.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xd8\x06\n\tRunRecord\x12\x0e\n\x06run_id\x18\x01 \x01(\t\x12\x11\n\tthread_id\x18\x02 \x01(\t\x12\x19\n\x0c\x61ssistant_id\x18\x03 \x01(\tH\x00\x88\x01\x01\x12(\n\x06status\x18\x04 \x01(\x0e\x32\x18.runcontrol.v1.RunStatus\x12\x34\n\ron_disconnect\x18\x05 \x01(\x0e\x32\x1d.runcontrol.v1.DisconnectMode\x12<\n\x12multitask_strategy\x18\x06 \x01(\x0e\x32 .runcontrol.v1.MultitaskStrategy\x12)\n\x08metadata\x18\x07 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\'\n\x06kwargs\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12.\n\ncreated_at\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nupdated_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\x05\x65rror\x18\x0b \x01(\tH\x01\x88\x01\x01\x12\x32\n\rcancel_action\x18\x0c \x01(\x0e\x32\x1b.runcontrol.v1.CancelAction\x12\x1a\n\rcancel_reason\x18\r \x01(\tH\x02\x88\x01\x01\x12\x16\n\tworker_id\x18\x0e \x01(\tH\x03\x88\x01\x01\x12,\n\x08\x64\x65\x61\x64line\x18\x0f \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0f\x63reate_revision\x18\x10 \x01(\x03\x12\x14\n\x0cmod_revision\x18\x11 \x01(\x03\x12\x17\n\nrequest_id\x18\x12 \x01(\tH\x04\x88\x01\x01\x12\x15\n\rmetadata_json\x18\x13 \x01(\t\x12\x13\n\x0bkwargs_json\x18\x14 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x15 \x01(\x05\x12\x14\n\x0cmax_attempts\x18\x16 \x01(\x05\x12,\n\tlease_ttl\x18\x17 \x01(\x0b\x32\x19.google.protobuf.DurationB\x0f\n\r_assistant_idB\x08\n\x06_errorB\x10\n\x0e_cancel_reasonB\x0c\n\n_worker_idB\r\n\x0b_request_id*\xb9\x01\n\tRunStatus\x12\x1a\n\x16RUN_STATUS_UNSPECIFIED\x10\x00\x12\x16\n\x12RUN_STATUS_PENDING\x10\x01\x12\x16\n\x12RUN_STATUS_RUNNING\x10\x02\x12\x16\n\x12RUN_STATUS_SUCCESS\x10\x03\x12\x14\n\x10RUN_STATUS_ERROR\x10\x04\x12\x16\n\x12RUN_STATUS_TIMEOUT\x10\x05\x12\x1a\n\x16RUN_STATUS_INTERRUPTED\x10\x06*k\n\x0e\x44isconnectMode\x12\x1f\n\x1b\x44ISCONNECT_MODE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x44ISCONNECT_MODE_CANCEL\x10\x01\x12\x1c\n\x18\x44ISCONNECT_MODE_CONTINUE\x10\x02*\xb9\x01\n\x11MultitaskStrategy\x12\"\n\x1eMULTITASK_STRATEGY_UNSPECIFIED\x10\x00\x12\x1d\n\x19MULTITASK_STRATEGY_REJECT\x10\x01\x12 \n\x1cMULTITASK_STRATEGY_INTERRUPT\x10\x02\x12\x1f\n\x1bMULTITASK_STRATEGY_ROLLBACK\x10\x03\x12\x1e\n\x1aMULTITASK_STRATEGY_ENQUEUE\x10\x04*f\n\x0c\x43\x61ncelAction\x12\x1d\n\x19\x43\x41NCEL_ACTION_UNSPECIFIED\x10\x00\x12\x1b\n\x17\x43\x41NCEL_ACTION_INTERRUPT\x10\x01\x12\x1a\n\x16\x43\x41NCEL_ACTION_ROLLBACK\x10\x02*n\n\tEventType\x12\x1a\n\x16\x45VENT_TYPE_UNSPECIFIED\x10\x00\x12\x14\n\x10\x45VENT_TYPE_ADDED\x10\x01\x12\x17\n\x13\x45VENT_TYPE_MODIFIED\x10\x02\x12\x16\n\x12\x45VENT_TYPE_DELETED\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'runcontrol.v1.run_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RUNSTATUS']._serialized_start=836
-  _globals['_RUNSTATUS']._serialized_end=1021
-  _globals['_DISCONNECTMODE']._serialized_start=1023
-  _globals['_DISCONNECTMODE']._serialized_end=1130
-  _globals['_MULTITASKSTRATEGY']._serialized_start=1133
-  _globals['_MULTITASKSTRATEGY']._serialized_end=1318
-  _globals['_CANCELACTION']._serialized_start=1320
-  _globals['_CANCELACTION']._serialized_end=1422
-  _globals['_EVENTTYPE']._serialized_start=1424
-  _globals['_EVENTTYPE']._serialized_end=1534
-  _globals['_RUNRECORD']._serialized_start=106
-  _globals['_RUNRECORD']._serialized_end=833
+  _globals['_RUNSTATUS']._serialized_start=997
+  _globals['_RUNSTATUS']._serialized_end=1182
+  _globals['_DISCONNECTMODE']._serialized_start=1184
+  _globals['_DISCONNECTMODE']._serialized_end=1291
+  _globals['_MULTITASKSTRATEGY']._serialized_start=1294
+  _globals['_MULTITASKSTRATEGY']._serialized_end=1479
+  _globals['_CANCELACTION']._serialized_start=1481
+  _globals['_CANCELACTION']._serialized_end=1583
+  _globals['_EVENTTYPE']._serialized_start=1585
+  _globals['_EVENTTYPE']._serialized_end=1695
+  _globals['_RUNRECORD']._serialized_start=138
+  _globals['_RUNRECORD']._serialized_end=994
 # @@protoc_insertion_point(module_scope)

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
@@ -48,6 +49,8 @@ class RunStatus(_RunStatus, metaclass=_RunStatusEnumTypeWrapper):
     INVALID_TRANSITION):
       PENDING -> RUNNING | INTERRUPTED | ERROR | TIMEOUT
       RUNNING -> SUCCESS | ERROR | TIMEOUT | INTERRUPTED
+    and one move only the service makes: RUNNING -> PENDING when the claiming
+    worker's lease lapses and the run has attempts left (see `max_attempts`).
     """
 
 RUN_STATUS_UNSPECIFIED: RunStatus.ValueType  # 0
@@ -227,6 +230,11 @@ class RunRecord(_message.Message):
     CREATE_REVISION_FIELD_NUMBER: _builtins.int
     MOD_REVISION_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    METADATA_JSON_FIELD_NUMBER: _builtins.int
+    KWARGS_JSON_FIELD_NUMBER: _builtins.int
+    ATTEMPT_FIELD_NUMBER: _builtins.int
+    MAX_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
     run_id: _builtins.str
     """Server-assigned unique id (a UUID string)."""
     thread_id: _builtins.str
@@ -260,13 +268,37 @@ class RunRecord(_message.Message):
     """Store revision of the last change to the run (>= create_revision)."""
     request_id: _builtins.str
     """The idempotency key the run was created with, if any."""
+    metadata_json: _builtins.str
+    """The metadata as JSON object text, exactly as stored: integers stay
+    integers at any size (a Struct turns them into doubles). Sent instead of
+    `metadata` when the call carries the request header
+    `runcontrol-payload-format: json`; empty otherwise, and empty for an
+    empty object.
+    """
+    kwargs_json: _builtins.str
+    """The kwargs as JSON object text; the same rules as `metadata_json`."""
+    attempt: _builtins.int
+    """How many times the run has been claimed (PENDING -> RUNNING); 0 before
+    the first claim.
+    """
+    max_attempts: _builtins.int
+    """How many claims the run may have in all (at least 1). When the lease of
+    the claiming worker lapses, the run goes back to PENDING for another
+    claim while `attempt < max_attempts`, and ends ERROR ("worker lost")
+    otherwise.
+    """
     @_builtins.property
     def metadata(self) -> _struct_pb2.Struct:
-        """Caller-defined metadata, stored as given (JSON object)."""
+        """Caller-defined metadata, stored as given (JSON object). A Struct holds
+        every number as a double: read `metadata_json` for exact integers.
+        Empty when the call asked for JSON payloads (see `metadata_json`).
+        """
 
     @_builtins.property
     def kwargs(self) -> _struct_pb2.Struct:
-        """Caller-defined arguments for the worker, stored as given (JSON object)."""
+        """Caller-defined arguments for the worker, stored as given (JSON object).
+        Empty when the call asked for JSON payloads (see `kwargs_json`).
+        """
 
     @_builtins.property
     def created_at(self) -> _timestamp_pb2.Timestamp:
@@ -280,6 +312,14 @@ class RunRecord(_message.Message):
     def deadline(self) -> _timestamp_pb2.Timestamp:
         """When an unfinished run becomes TIMEOUT. Unset when created without a
         timeout.
+        """
+
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration:
+        """The lease the claiming worker holds, when its claim asked for one
+        (`SetRunStatusRequest.lease_ttl`): unless the worker renews it
+        (RenewRunLease) within this period, the lease lapses. Unset otherwise,
+        and unset again once the run leaves RUNNING.
         """
 
     def __init__(
@@ -303,10 +343,15 @@ class RunRecord(_message.Message):
         create_revision: _builtins.int = ...,
         mod_revision: _builtins.int = ...,
         request_id: _builtins.str | None = ...,
+        metadata_json: _builtins.str = ...,
+        kwargs_json: _builtins.str = ...,
+        attempt: _builtins.int = ...,
+        max_attempts: _builtins.int = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_cancel_reason", b"_cancel_reason", "_error", b"_error", "_request_id", b"_request_id", "_worker_id", b"_worker_id", "assistant_id", b"assistant_id", "cancel_reason", b"cancel_reason", "created_at", b"created_at", "deadline", b"deadline", "error", b"error", "kwargs", b"kwargs", "metadata", b"metadata", "request_id", b"request_id", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_cancel_reason", b"_cancel_reason", "_error", b"_error", "_request_id", b"_request_id", "_worker_id", b"_worker_id", "assistant_id", b"assistant_id", "cancel_reason", b"cancel_reason", "created_at", b"created_at", "deadline", b"deadline", "error", b"error", "kwargs", b"kwargs", "lease_ttl", b"lease_ttl", "metadata", b"metadata", "request_id", b"request_id", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_cancel_reason", b"_cancel_reason", "_error", b"_error", "_request_id", b"_request_id", "_worker_id", b"_worker_id", "assistant_id", b"assistant_id", "cancel_action", b"cancel_action", "cancel_reason", b"cancel_reason", "create_revision", b"create_revision", "created_at", b"created_at", "deadline", b"deadline", "error", b"error", "kwargs", b"kwargs", "metadata", b"metadata", "mod_revision", b"mod_revision", "multitask_strategy", b"multitask_strategy", "on_disconnect", b"on_disconnect", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "thread_id", b"thread_id", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id", "_cancel_reason", b"_cancel_reason", "_error", b"_error", "_request_id", b"_request_id", "_worker_id", b"_worker_id", "assistant_id", b"assistant_id", "attempt", b"attempt", "cancel_action", b"cancel_action", "cancel_reason", b"cancel_reason", "create_revision", b"create_revision", "created_at", b"created_at", "deadline", b"deadline", "error", b"error", "kwargs", b"kwargs", "kwargs_json", b"kwargs_json", "lease_ttl", b"lease_ttl", "max_attempts", b"max_attempts", "metadata", b"metadata", "metadata_json", b"metadata_json", "mod_revision", b"mod_revision", "multitask_strategy", b"multitask_strategy", "on_disconnect", b"on_disconnect", "request_id", b"request_id", "run_id", b"run_id", "status", b"status", "thread_id", b"thread_id", "updated_at", b"updated_at", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__assistant_id: _TypeAlias = _typing.Literal["assistant_id"]  # noqa: Y015
     _WhichOneofArgType__assistant_id: _TypeAlias = _typing.Literal["_assistant_id", b"_assistant_id"]  # noqa: Y015
