@@ -26,6 +26,8 @@ from runcontrol_server.domain import (
     ThreadBusy,
 )
 
+from .conftest import HISTORY
+
 
 async def test_create_then_get_returns_the_same_record(manager: RunManager) -> None:
     created = await manager.create_run(
@@ -232,7 +234,7 @@ async def test_delete(manager: RunManager, store: RunStore) -> None:
     run = (await manager.create_run("t1")).run
     with pytest.raises(RunActive) as info:
         await manager.delete_run(run.run_id)
-    assert info.value.status == "pending"
+    assert info.value.status is RunStatus.PENDING
     await manager.set_status(run.run_id, RunStatus.ERROR, error="boom")
     deleted = await manager.delete_run(run.run_id)
     assert deleted.run.status is RunStatus.ERROR
@@ -285,7 +287,7 @@ async def test_list_order_filters_and_pages(manager: RunManager) -> None:
 async def test_change_feed_reads_in_bounded_batches_and_compacts(
     manager: RunManager, store: RunStore
 ) -> None:
-    for i in range(70):  # the contract fixtures keep 64 change sets
+    for i in range(HISTORY + 6):  # more than the contract stores keep
         await manager.create_run(f"t{i}")
     head = await manager.revision()
     kept = await store.read_changes(head - 6, 1000)
@@ -295,7 +297,7 @@ async def test_change_feed_reads_in_bounded_batches_and_compacts(
     await store.compact_changes()
     bounds = await store.feed_bounds()
     assert bounds.head_revision == head
-    assert 1 <= bounds.compact_revision <= head - 64
+    assert 1 <= bounds.compact_revision <= head - HISTORY
     with pytest.raises(RevisionCompacted) as info:
         await store.read_changes(0, 1000)
     assert info.value.compact_revision == bounds.compact_revision

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
+from _streams import until
 
 from runcontrol_server.domain import (
     ChangeKind,
@@ -39,6 +40,8 @@ from runcontrol_server.domain import (
     classify,
 )
 
+from .conftest import HISTORY
+
 # Generous bound on every wait for something that must happen (never an assertion on
 # elapsed time: a wait that hits it fails the test with a TimeoutError).
 BOUND = 20.0
@@ -47,8 +50,6 @@ TINY = 0.05
 # Watchers report progress this often when idle, so a filtered watcher's cursor moves
 # past revisions it does not deliver and `collect` can stop at a given revision.
 PROGRESS = 0.05
-# The contract fixture stores keep this many change sets (see conftest.py).
-KEPT = 64
 
 
 @contextlib.asynccontextmanager
@@ -68,21 +69,6 @@ async def running(store: RunStore, **options: Any) -> AsyncIterator[RunManager]:
 async def started(store: RunStore) -> AsyncIterator[RunManager]:
     async with running(store) as manager:
         yield manager
-
-
-async def until(condition: Callable[[], Awaitable[bool] | bool], what: str) -> None:
-    """Wait (bounded) for state that nothing announces, e.g. a waiter registered."""
-    try:
-        async with asyncio.timeout(BOUND):
-            while True:
-                result = condition()
-                if not isinstance(result, bool):
-                    result = await result
-                if result:
-                    return
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting until {what}") from None
 
 
 async def watch_from(manager: RunManager, watch_filter: WatchFilter, revision: int) -> Watcher:
@@ -272,14 +258,14 @@ async def test_read_changes_is_bounded_by_its_limit_and_pages_exactly(
 async def test_read_changes_below_the_compact_revision_raises(
     manager: RunManager, store: RunStore
 ) -> None:
-    for i in range(KEPT + 6):
+    for i in range(HISTORY + 6):
         await manager.create_run(f"t{i}")
     head = await store.revision()
     compacted = await store.compact_changes()
     bounds = await store.feed_bounds()
     assert bounds.head_revision == head
     assert compacted == bounds.compact_revision
-    assert 1 <= bounds.compact_revision <= head - KEPT
+    assert 1 <= bounds.compact_revision <= head - HISTORY
     for after in (0, bounds.compact_revision - 1):
         with pytest.raises(RevisionCompacted) as info:
             await store.read_changes(after, 10)
@@ -561,7 +547,7 @@ async def test_a_new_watcher_resumes_exactly_after_the_last_revision_seen(
 
 
 async def test_seek_below_the_compact_revision_raises(started: RunManager, store: RunStore) -> None:
-    for i in range(KEPT + 6):
+    for i in range(HISTORY + 6):
         await started.create_run(f"t{i}")
     head = await store.revision()
     async with asyncio.timeout(BOUND):
@@ -569,7 +555,7 @@ async def test_seek_below_the_compact_revision_raises(started: RunManager, store
         # One janitor round trims the store's feed and this process's cache to match.
         await started.janitor.sweep()
         bounds = await store.feed_bounds()
-        assert 1 <= bounds.compact_revision <= head - KEPT
+        assert 1 <= bounds.compact_revision <= head - HISTORY
         with await started.watch(WatchFilter()) as watcher:
             for revision in (1, bounds.compact_revision):
                 with pytest.raises(RevisionCompacted):

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from .model import RunStatus
+
 
 class RunControlError(Exception):
     """Base of every error the service answers on purpose."""
@@ -36,13 +38,13 @@ class InvalidTransition(RunControlError):
     def __init__(
         self,
         run_id: str,
-        from_status: str,
-        to_status: str,
+        from_status: RunStatus,
+        to_status: RunStatus,
         *,
         queued_behind: Sequence[str] = (),
         detail: str = "",
     ) -> None:
-        text = f"run {run_id!r} cannot move from {from_status} to {to_status}"
+        text = f"run {run_id!r} cannot move from {from_status.value} to {to_status.value}"
         if queued_behind:
             text += f": queued behind active runs {', '.join(queued_behind)}"
         elif detail:
@@ -62,9 +64,25 @@ class AlreadyClaimed(RunControlError):
         self.worker_id = worker_id
 
 
+class LeaseNotHeld(RunControlError):
+    """A lease renewal for a run that is not RUNNING under this worker with a lease: it
+    finished, was cancelled, or its lease lapsed (and maybe another worker claimed it).
+    The worker should stop."""
+
+    def __init__(self, run_id: str, status: RunStatus, worker_id: str | None) -> None:
+        holder = f"worker {worker_id!r}" if worker_id is not None else "no worker"
+        super().__init__(
+            f"run {run_id!r} holds no lease for this worker "
+            f"(status {status.value}, held by {holder})"
+        )
+        self.run_id = run_id
+        self.status = status
+        self.worker_id = worker_id
+
+
 class RunActive(RunControlError):
-    def __init__(self, run_id: str, status: str) -> None:
-        super().__init__(f"run {run_id!r} is still active ({status}); cancel it first")
+    def __init__(self, run_id: str, status: RunStatus) -> None:
+        super().__init__(f"run {run_id!r} is still active ({status.value}); cancel it first")
         self.run_id = run_id
         self.status = status
 
@@ -97,9 +115,22 @@ class RevisionCompacted(RunControlError):
 
 
 class LimitExceeded(RunControlError):
-    def __init__(self, limit: str, message: str) -> None:
+    """A configured bound was reached. `limit` names it as its setting does (e.g.
+    "max_stored_runs"); `field` is the request field that went past it, when one did."""
+
+    def __init__(self, limit: str, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.limit = limit
+        self.field = field
+
+
+class MalformedRequest(RunControlError):
+    """The request's bytes do not parse as the message the method takes (random bytes,
+    a truncated message, a wrong wire type, invalid UTF-8 in a string)."""
+
+    def __init__(self, message_type: str) -> None:
+        super().__init__(f"the request does not parse as {message_type or 'the request message'}")
+        self.message_type = message_type
 
 
 class ShuttingDown(RunControlError):
@@ -117,3 +148,23 @@ class StoreUnavailable(RunControlError):
 
 class StoreIncompatible(RunControlError):
     """The store holds data this version cannot use (e.g. a newer schema)."""
+
+
+class Unauthenticated(RunControlError):
+    """The call carried no credential the server accepts. `detail` says what was wrong
+    (no token, a malformed header, an unknown token) and never holds the token."""
+
+    def __init__(self, method: str, required_role: str, detail: str) -> None:
+        super().__init__(f"{method} needs a credential with role {required_role}: {detail}")
+        self.method = method
+        self.required_role = required_role
+
+
+class PermissionDenied(RunControlError):
+    """The caller is known but its role is below the one the call needs."""
+
+    def __init__(self, method: str, required_role: str, role: str) -> None:
+        super().__init__(f"{method} needs role {required_role}; the caller has role {role}")
+        self.method = method
+        self.required_role = required_role
+        self.role = role

@@ -1,6 +1,7 @@
-"""The janitor: ONE task for every deadline, for retention and for change-feed trimming.
+"""The janitor: ONE task for every deadline, lease, for retention and change-feed trimming.
 
-Each round it expires active runs past their deadline (TIMEOUT), deletes runs that
+Each round it expires active runs past their deadline (TIMEOUT), ends the claims of
+workers whose lease lapsed (back to PENDING or ERROR "worker lost"), deletes runs that
 finished more than `retention` ago (DELETED; their request_id goes with them) and
 trims the change feed and this process's cache of it, then sleeps until the next
 thing falls due. Every replica runs one; the store makes each step take effect once.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import datetime, timedelta
 
 from .errors import StoreUnavailable
@@ -74,6 +76,10 @@ class Janitor:
         self._noted: datetime | None = None
         self._swept_at = datetime.min  # the store's time when the last sweep began
         self.rounds = 0  # completed sweeps (for tests and metrics)
+        # For metrics: when the coming round falls due and how late the last one began,
+        # on this process's monotonic clock (a starved event loop shows up here).
+        self._due_at: float | None = None
+        self.last_lag = 0.0
 
     @property
     def retention(self) -> timedelta | None:
@@ -82,6 +88,15 @@ class Janitor:
     @property
     def running(self) -> bool:
         return self._task is not None and not self._task.done()
+
+    @property
+    def lag(self) -> float:
+        """Seconds the janitor is behind: how far past due its coming round is, or while
+        that is not due yet, how late the last round began. Plain reads: safe from a
+        metrics thread."""
+        due = self._due_at
+        late = 0.0 if due is None else time.monotonic() - due
+        return late if late > 0 else self.last_lag
 
     def start(self) -> None:
         """Start the loop (idempotent). Needs a running event loop."""
@@ -106,6 +121,7 @@ class Janitor:
         store = self._store
         now = self._swept_at = await store.now()
         busy = len(await store.expire_due(now, self._batch)) >= self._batch
+        busy = len(await store.expire_leases(now, self._batch)) >= self._batch or busy
         if self._retention is not None:
             purged = await store.purge_finished(now - self._retention, self._batch)
             busy = busy or len(purged) >= self._batch
@@ -114,7 +130,7 @@ class Janitor:
         self.rounds += 1
         if busy:
             return timedelta(0)  # a full batch: more may be due; come back after a yield
-        due = await store.next_deadline()
+        due = _earliest(await store.next_deadline(), await store.next_lease_lapse())
         if self._retention is not None:
             oldest = await store.oldest_finished_at()
             if oldest is not None:
@@ -127,6 +143,9 @@ class Janitor:
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
+            if self._due_at is not None:  # the round the last sleep was for
+                self.last_lag = max(time.monotonic() - self._due_at, 0.0)
+                self._due_at = None
             self._target = self._noted = None
             try:
                 delay = await self.sweep()
@@ -151,6 +170,7 @@ class Janitor:
             self._wake = wake = loop.create_future()
             # Waiting on a plain future creates no task, and a poke just resolves it.
             seconds = max((target - now).total_seconds(), 0.0)
+            self._due_at = time.monotonic() + seconds
             await asyncio.wait({wake}, timeout=seconds + (_EARLY_WAKE_MARGIN if seconds else 0))
 
     def _on_change(self, change_set: ChangeSet) -> None:
@@ -159,6 +179,8 @@ class Janitor:
             run = change.run
             if change.kind is ChangeKind.CREATED:
                 due = run.deadline
+            elif run.lease_ttl is not None and change.prev_status is not run.status:
+                due = run.updated_at + run.lease_ttl  # a claim that took a lease
             elif (
                 self._retention is not None
                 and change.kind is ChangeKind.UPDATED
@@ -178,3 +200,9 @@ class Janitor:
                 self._target = due
                 if self._wake is not None and not self._wake.done():
                     self._wake.set_result(None)
+
+
+def _earliest(a: datetime | None, b: datetime | None) -> datetime | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

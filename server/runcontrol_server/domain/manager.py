@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from .errors import RunNotFound
@@ -39,7 +39,7 @@ from .model import (
 )
 from .rules import DEFAULT_CANCEL_REASON
 from .store import RunStore
-from .waiting import RunWaiters
+from .waiting import DEFAULT_MAX_WAITERS, RunWaiters
 from .watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL, Watcher, WatchFilter, WatchHub
 
 log = logging.getLogger(__name__)
@@ -56,6 +56,7 @@ class RunManager:
         *,
         new_id: Callable[[], str] = new_run_id,
         max_watchers: int = DEFAULT_MAX_WATCHERS,
+        max_waiters: int = DEFAULT_MAX_WAITERS,
         progress_interval: float = DEFAULT_PROGRESS_INTERVAL,
         retention: timedelta | None = DEFAULT_RETENTION,
         prune_interval: timedelta = DEFAULT_PRUNE_INTERVAL,
@@ -81,7 +82,7 @@ class RunManager:
         )
         # WaitRun: one shared future per waited-on run; the janitor: one task for all
         # deadlines, retention and change-feed trimming.
-        self._waiters = RunWaiters(store, self.feed)
+        self._waiters = RunWaiters(store, self.feed, max_waiters=max_waiters)
         self._janitor = Janitor(
             store, self.feed, retention=retention, prune_interval=prune_interval
         )
@@ -155,6 +156,7 @@ class RunManager:
         kwargs: dict[str, Any] | None = None,
         request_id: str | None = None,
         run_timeout: timedelta | None = None,
+        max_attempts: int = 1,
     ) -> CreateOutcome:
         """Create a PENDING run under the strategy (default REJECT). See `RunStore.create_run`.
 
@@ -170,6 +172,7 @@ class RunManager:
             kwargs_json=canonical_json(kwargs),
             request_id=request_id,
             timeout=run_timeout,
+            max_attempts=max_attempts,
         )
         return await self._store.create_run(draft)
 
@@ -187,14 +190,21 @@ class RunManager:
         error: str | None = None,
         worker_id: str | None = None,
         expected_mod_revision: int | None = None,
+        lease_ttl: timedelta | None = None,
     ) -> TransitionOutcome:
+        """A worker's move (see `rules.check_transition`); a claim may take a lease."""
         if status is RunStatus.RUNNING and worker_id is None:
             # Exactly one claimer wins, named or not: an anonymous claim gets an id of
             # its own (returned in the record's worker_id), so a second anonymous claim
             # is ALREADY_CLAIMED instead of a harmless-looking repeat.
             worker_id = ANONYMOUS_CLAIMER_PREFIX + self._new_id()
-        change = StatusChange(run_id, status, error, worker_id, expected_mod_revision)
+        change = StatusChange(run_id, status, error, worker_id, expected_mod_revision, lease_ttl)
         return await self._store.set_status(change)
+
+    async def renew_lease(self, run_id: str, worker_id: str) -> tuple[Run, datetime]:
+        """Extend the claimer's lease by its TTL from now; no revision (see `RunStore`).
+        Returns the run and when the lease now lapses."""
+        return await self._store.renew_lease(run_id, worker_id)
 
     async def cancel_run(
         self, run_id: str, *, action: CancelAction | None = None, reason: str | None = None
@@ -227,7 +237,7 @@ class RunManager:
         Returns the run and whether it is terminal. With `attach`, a caller that goes
         away (this call is cancelled) before the end cancels the run if its
         on_disconnect is CANCEL; never when the wait ends because of shutdown.
-        Raises: RunNotFound, ShuttingDown.
+        Raises: RunNotFound, LimitExceeded (`max_waiters`), ShuttingDown.
         """
         self.feed.start()  # waiters are woken through the feed cache
         try:

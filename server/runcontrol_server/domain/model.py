@@ -100,6 +100,11 @@ class Run(NamedTuple):
     worker_id: str | None = None
     deadline: datetime | None = None
     request_id: str | None = None
+    # Claims so far, claims allowed in all, and the lease the claimer holds (set only
+    # while RUNNING under a claim that asked for one; see `janitor` for lapses).
+    attempt: int = 0
+    max_attempts: int = 1
+    lease_ttl: timedelta | None = None
 
     @property
     def is_active(self) -> bool:
@@ -130,11 +135,15 @@ class RunDraft(NamedTuple):
     kwargs_json: str = "{}"
     request_id: str | None = None
     timeout: timedelta | None = None
+    max_attempts: int = 1
 
     def fingerprint(self) -> str:
         """Identity of the *request* (not of the run): what request_id retries must repeat."""
+        # max_attempts only when asked for: fingerprints stored before it existed still match.
+        extra = {} if self.max_attempts == 1 else {"max_attempts": self.max_attempts}
         return canonical_json(
             {
+                **extra,
                 "thread_id": self.thread_id,
                 "assistant_id": self.assistant_id,
                 "on_disconnect": self.on_disconnect.value,
@@ -157,6 +166,8 @@ class StatusChange:
     error: str | None = None
     worker_id: str | None = None
     expected_mod_revision: int | None = None
+    # With a claim: the lease the claimer takes (None: no lease).
+    lease_ttl: timedelta | None = None
 
 
 class Change(NamedTuple):

@@ -11,7 +11,15 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from .errors import AlreadyClaimed, InvalidTransition, RevisionMismatch, ThreadBusy
+from .errors import (
+    AlreadyClaimed,
+    InvalidTransition,
+    LeaseNotHeld,
+    LimitExceeded,
+    RevisionMismatch,
+    ThreadBusy,
+)
+from .limits import DEFAULT_STORE_LIMITS, StoreLimits
 from .model import (
     CancelAction,
     MultitaskStrategy,
@@ -71,11 +79,13 @@ def check_transition(run: Run, change: StatusChange, earlier_active: Sequence[st
         # Another worker claims a claimed run, or a different worker tries to finish it.
         raise AlreadyClaimed(run.run_id, run.worker_id)
     if not can_move(run.status, change.status):
-        raise InvalidTransition(run.run_id, run.status.value, change.status.value)
-    if change.status is RunStatus.RUNNING and earlier_active:
+        raise InvalidTransition(run.run_id, run.status, change.status)
+    if change.lease_ttl is not None and change.status is not RunStatus.RUNNING:
         raise InvalidTransition(
-            run.run_id, run.status.value, change.status.value, queued_behind=earlier_active
+            run.run_id, run.status, change.status, detail="a lease comes with a claim"
         )
+    if change.status is RunStatus.RUNNING and earlier_active:
+        raise InvalidTransition(run.run_id, run.status, change.status, queued_behind=earlier_active)
     return True
 
 
@@ -111,13 +121,24 @@ def apply_transition(run: Run, change: StatusChange, now: datetime, revision: in
     """The record after an accepted `change` (see `check_transition`)."""
     if is_cancel_note(run, change):
         return run._replace(error=change.error, updated_at=now, mod_revision=revision)
+    if change.status is RunStatus.RUNNING:  # a claim: a new attempt, with its lease
+        return run._replace(
+            status=RunStatus.RUNNING,
+            error=change.error if change.error is not None else run.error,
+            worker_id=change.worker_id,
+            attempt=run.attempt + 1,
+            lease_ttl=change.lease_ttl,
+            updated_at=now,
+            mod_revision=revision,
+        )
     worker_id = run.worker_id
-    if change.status is RunStatus.RUNNING or (worker_id is None and change.worker_id is not None):
+    if worker_id is None and change.worker_id is not None:
         worker_id = change.worker_id
     return run._replace(
         status=change.status,
         error=change.error if change.error is not None else run.error,
         worker_id=worker_id,
+        lease_ttl=None,
         updated_at=now,
         mod_revision=revision,
     )
@@ -129,6 +150,7 @@ def apply_cancel(run: Run, action: CancelAction, reason: str, now: datetime, rev
         status=RunStatus.INTERRUPTED,
         cancel_action=action,
         cancel_reason=reason,
+        lease_ttl=None,
         updated_at=now,
         mod_revision=revision,
     )
@@ -139,9 +161,44 @@ def apply_timeout(run: Run, now: datetime, revision: int) -> Run:
     return run._replace(
         status=RunStatus.TIMEOUT,
         error=run.error if run.error is not None else "deadline exceeded",
+        lease_ttl=None,
         updated_at=now,
         mod_revision=revision,
     )
+
+
+def worker_lost_reason(run: Run) -> str:
+    return (
+        f"worker lost: the lease of worker {run.worker_id!r} lapsed "
+        f"(attempt {run.attempt} of {run.max_attempts})"
+    )
+
+
+def apply_lease_lapse(run: Run, now: datetime, revision: int) -> Run:
+    """A RUNNING run whose worker stopped renewing its lease: back to PENDING for another
+    claim while it has attempts left (keeping its place in the thread's queue), else
+    ERROR. The only move to PENDING, and only the service makes it."""
+    if run.attempt < run.max_attempts:
+        return run._replace(
+            status=RunStatus.PENDING,
+            worker_id=None,
+            lease_ttl=None,
+            updated_at=now,
+            mod_revision=revision,
+        )
+    return run._replace(
+        status=RunStatus.ERROR,
+        error=worker_lost_reason(run),
+        lease_ttl=None,
+        updated_at=now,
+        mod_revision=revision,
+    )
+
+
+def check_renewal(run: Run, worker_id: str) -> None:
+    """A lease renewal is for the RUNNING run's claimer, under a claim with a lease."""
+    if run.status is not RunStatus.RUNNING or run.lease_ttl is None or run.worker_id != worker_id:
+        raise LeaseNotHeld(run.run_id, run.status, run.worker_id)
 
 
 class CreatePlan(NamedTuple):
@@ -152,19 +209,41 @@ class CreatePlan(NamedTuple):
     queued_behind: tuple[str, ...]
 
 
-def plan_create(draft: RunDraft, active: Sequence[Run]) -> CreatePlan:
-    """Apply the multitask strategy to the thread's active runs (oldest first)."""
+def plan_create(
+    draft: RunDraft, active: Sequence[Run], limits: StoreLimits = DEFAULT_STORE_LIMITS
+) -> CreatePlan:
+    """Apply the multitask strategy to the thread's active runs (oldest first).
+
+    Only ENQUEUE adds an active run to a busy thread, so only it can pass
+    `limits.max_active_runs_per_thread` (the others leave one active run).
+    """
     strategy = draft.multitask_strategy
     if not active:
         return CreatePlan((), CancelAction.INTERRUPT, ())
     if strategy is MultitaskStrategy.REJECT:
         raise ThreadBusy(draft.thread_id, [r.run_id for r in active])
     if strategy is MultitaskStrategy.ENQUEUE:
+        if len(active) >= limits.max_active_runs_per_thread:
+            raise LimitExceeded(
+                "max_active_runs_per_thread",
+                f"thread {draft.thread_id!r} has {len(active)} active runs; at most "
+                f"{limits.max_active_runs_per_thread} may be active (queued) at once",
+            )
         return CreatePlan((), CancelAction.INTERRUPT, tuple(r.run_id for r in active))
     action = (
         CancelAction.ROLLBACK if strategy is MultitaskStrategy.ROLLBACK else CancelAction.INTERRUPT
     )
     return CreatePlan(tuple(active), action, ())
+
+
+def check_stored_runs(stored: int, limits: StoreLimits = DEFAULT_STORE_LIMITS) -> None:
+    """A create may add a run while fewer than `limits.max_stored_runs` are stored."""
+    if stored >= limits.max_stored_runs:
+        raise LimitExceeded(
+            "max_stored_runs",
+            f"the store holds {stored} runs (the limit is {limits.max_stored_runs}): "
+            "delete finished runs or wait for retention to remove them",
+        )
 
 
 def interrupt_reason(new_run_id: str, strategy: MultitaskStrategy) -> str:
@@ -187,4 +266,5 @@ def new_run(draft: RunDraft, now: datetime, revision: int) -> Run:
         mod_revision=revision,
         deadline=None if draft.timeout is None else now + draft.timeout,
         request_id=draft.request_id,
+        max_attempts=draft.max_attempts,
     )

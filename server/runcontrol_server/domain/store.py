@@ -61,7 +61,15 @@ class RunStore(Protocol):
         ...
 
     async def set_status(self, change: StatusChange) -> TransitionOutcome:
-        """Raises: RunNotFound, InvalidTransition, AlreadyClaimed, RevisionMismatch."""
+        """A claim with `change.lease_ttl` also starts the claimer's lease: it lapses at
+        the store's now + TTL unless renewed.
+        Raises: RunNotFound, InvalidTransition, AlreadyClaimed, RevisionMismatch."""
+        ...
+
+    async def renew_lease(self, run_id: str, worker_id: str) -> tuple[Run, datetime]:
+        """Move the lapse of the claimer's lease to the store's now + its TTL. Uses no
+        revision and publishes no change: a heartbeat, not a state change. Returns the
+        run and the new lapse time. Raises: RunNotFound, LeaseNotHeld."""
         ...
 
     async def cancel_run(self, run_id: str, action: CancelAction, reason: str) -> CancelOutcome:
@@ -135,6 +143,19 @@ class RunStore(Protocol):
 
         Each expiry is its own revision. Returns the expired runs. Safe to run on every
         replica at once: a run expires once.
+        """
+        ...
+
+    async def next_lease_lapse(self) -> datetime | None:
+        """The earliest lapse time of a held lease, if any."""
+        ...
+
+    async def expire_leases(self, now: datetime, limit: int) -> list[Run]:
+        """Apply `rules.apply_lease_lapse` to up to `limit` RUNNING runs whose lease
+        lapsed at or before `now` (back to PENDING, or ERROR "worker lost").
+
+        Each lapse is its own revision. Returns the changed runs. Safe to run on every
+        replica at once: a lease lapses once.
         """
         ...
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from .errors import ShuttingDown
+from .errors import LimitExceeded, ShuttingDown
 from .feed import FeedCache
 from .model import ChangeKind, ChangeSet, Run
 from .store import RunStore
@@ -26,10 +26,19 @@ class _Slot:
     waiters: int = field(default=0)
 
 
+# Callers inside `wait` at once, per process: each holds a task and a call.
+DEFAULT_MAX_WAITERS = 10_000
+
+
 class RunWaiters:
     """Registry `run_id -> shared future` of the runs someone is waiting for."""
 
-    def __init__(self, store: RunStore, feed: FeedCache) -> None:
+    def __init__(
+        self, store: RunStore, feed: FeedCache, *, max_waiters: int = DEFAULT_MAX_WAITERS
+    ) -> None:
+        if max_waiters < 1:
+            raise ValueError("max_waiters must be at least 1")
+        self.max_waiters = max_waiters
         self._store = store
         self._slots: dict[str, _Slot] = {}
         self._waiter_count = 0
@@ -56,10 +65,15 @@ class RunWaiters:
     async def wait(self, run_id: str, timeout: float | None) -> tuple[Run, bool]:  # noqa: ASYNC109
         """Wait until `run_id` is terminal or `timeout` seconds pass (None: no limit).
 
-        Returns the run and whether it is terminal. Raises RunNotFound, or
-        ShuttingDown once `shutdown` was called.
+        Returns the run and whether it is terminal. Raises RunNotFound, LimitExceeded
+        (`max_waiters` callers are waiting already), or ShuttingDown once `shutdown`
+        was called.
         """
         self._check_open()
+        if self._waiter_count >= self.max_waiters:
+            raise LimitExceeded(
+                "max_waiters", f"at most {self.max_waiters} WaitRun calls may wait at once"
+            )
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:

@@ -26,7 +26,8 @@ from ..domain.errors import (
     RunActive,
     RunNotFound,
 )
-from ..domain.history import DEFAULT_MAX_AGE, ChangeHistory
+from ..domain.history import DEFAULT_MAX_AGE, DEFAULT_MAX_CHANGES, ChangeHistory
+from ..domain.limits import DEFAULT_STORE_LIMITS, StoreLimits
 from ..domain.model import (
     CancelAction,
     CancelOutcome,
@@ -48,15 +49,18 @@ from ..domain.model import (
 )
 from ..domain.rules import (
     apply_cancel,
+    apply_lease_lapse,
     apply_timeout,
     apply_transition,
+    check_renewal,
+    check_stored_runs,
     check_transition,
     interrupt_reason,
     new_run,
     plan_create,
 )
 
-DEFAULT_HISTORY_LIMIT = 10_000
+DEFAULT_HISTORY_LIMIT = DEFAULT_MAX_CHANGES
 
 
 class _CreationOrder:
@@ -108,7 +112,10 @@ class _Thread:
 
 
 class InMemoryRunStore:
-    """`RunStore` held in this process's memory. Lost on restart; not shared by replicas."""
+    """`RunStore` held in this process's memory. Lost on restart; not shared by replicas.
+
+    `limits` bound the runs active per thread and the runs stored (see `StoreLimits`).
+    """
 
     def __init__(
         self,
@@ -116,8 +123,10 @@ class InMemoryRunStore:
         clock: MonotonicClock | None = None,
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         history_max_age: timedelta | None = DEFAULT_MAX_AGE,
+        limits: StoreLimits = DEFAULT_STORE_LIMITS,
     ) -> None:
         self._clock = clock or MonotonicClock()
+        self._limits = limits
         # This process's runs: gone with it, so each store is a new identity.
         self._identity = f"memory-{uuid.uuid4()}"
         # The change feed: the store's own ring of committed change sets (what a database
@@ -133,6 +142,11 @@ class InMemoryRunStore:
         # Deadlines of active runs, earliest first; entries of runs that finished are
         # skipped lazily when they reach the top.
         self._deadlines: list[tuple[datetime, int, str]] = []
+        # Held leases: run id -> when it lapses (renewals move it; no revision), and the
+        # lapse times in a heap. A renewal does not push: an entry that comes due early is
+        # pushed again at its run's current lapse time, so the heap holds one per lease.
+        self._leases: dict[str, datetime] = {}
+        self._lease_heap: list[tuple[datetime, str]] = []
         # Finished runs in the order they finished (the monotonic clock makes that
         # updated_at order), for retention.
         self._finished: deque[tuple[datetime, str]] = deque()
@@ -233,6 +247,47 @@ class InMemoryRunStore:
             expired.append(timed_out)
         return expired
 
+    async def next_lease_lapse(self) -> datetime | None:
+        heap = self._lease_heap
+        while heap:
+            lapse, run_id = heap[0]
+            current = self._leases.get(run_id)
+            if current == lapse:
+                return lapse
+            if current is None:
+                heapq.heappop(heap)  # the lease ended (run finished, cancelled, deleted)
+            else:
+                heapq.heapreplace(heap, (current, run_id))  # renewed since it was pushed
+        return None
+
+    async def expire_leases(self, now: datetime, limit: int) -> list[Run]:
+        lapsed: list[Run] = []
+        heap = self._lease_heap
+        while heap and len(lapsed) < limit and heap[0][0] <= now:
+            _, run_id = heap[0]
+            current = self._leases.get(run_id)
+            if current is None:
+                heapq.heappop(heap)
+                continue
+            if current > now:
+                heapq.heapreplace(heap, (current, run_id))
+                continue
+            heapq.heappop(heap)
+            run = self._runs[run_id]
+            revision = self._revision + 1
+            changed = apply_lease_lapse(run, self._clock.now(), revision)
+            self._replace(changed)
+            self._commit(revision, [Change(ChangeKind.UPDATED, changed, run.status)])
+            lapsed.append(changed)
+        return lapsed
+
+    async def renew_lease(self, run_id: str, worker_id: str) -> tuple[Run, datetime]:
+        run = self._get(run_id)
+        check_renewal(run, worker_id)
+        assert run.lease_ttl is not None  # check_renewal holds it
+        lapse = self._leases[run_id] = self._clock.now() + run.lease_ttl
+        return run, lapse
+
     async def oldest_finished_at(self) -> datetime | None:
         while self._finished:
             finished_at, run_id = self._finished[0]
@@ -267,7 +322,8 @@ class InMemoryRunStore:
         if draft.run_id in self._runs:
             raise RuntimeError(f"run id collision: {draft.run_id}")
 
-        plan = plan_create(draft, self._active_runs(draft.thread_id))
+        plan = plan_create(draft, self._active_runs(draft.thread_id), self._limits)
+        check_stored_runs(len(self._runs), self._limits)
         revision, now = self._revision + 1, self._clock.now()
         changes: list[Change] = []
         interrupted: list[Run] = []
@@ -295,6 +351,9 @@ class InMemoryRunStore:
         revision = self._revision + 1
         updated = apply_transition(run, change, self._clock.now(), revision)
         self._replace(updated)
+        if updated.lease_ttl is not None and updated.status is RunStatus.RUNNING:
+            lapse = self._leases[updated.run_id] = updated.updated_at + updated.lease_ttl
+            heapq.heappush(self._lease_heap, (lapse, updated.run_id))
         self._commit(revision, [Change(ChangeKind.UPDATED, updated, run.status)])
         return TransitionOutcome(updated, changed=True)
 
@@ -313,7 +372,7 @@ class InMemoryRunStore:
         if expected_mod_revision is not None and expected_mod_revision != run.mod_revision:
             raise RevisionMismatch(run_id, expected_mod_revision, run.mod_revision)
         if run.is_active:
-            raise RunActive(run_id, run.status.value)
+            raise RunActive(run_id, run.status)
         revision = self._revision + 1
         self._remove(run)
         self._commit(revision, [Change(ChangeKind.DELETED, run, run.status)])
@@ -363,6 +422,8 @@ class InMemoryRunStore:
 
     def _replace(self, run: Run) -> None:
         self._runs[run.run_id] = run
+        if run.lease_ttl is None:
+            self._leases.pop(run.run_id, None)  # the claim ended: so did its lease
         if not run.is_active:
             self._threads[run.thread_id].active.pop(run.run_id, None)
             # It just finished (or a finished run got its worker's note): its retention
@@ -371,6 +432,7 @@ class InMemoryRunStore:
 
     def _remove(self, run: Run) -> None:
         del self._runs[run.run_id]
+        self._leases.pop(run.run_id, None)
         self._order.remove(run.create_revision)
         thread = self._threads[run.thread_id]
         thread.runs.remove(run.create_revision)
@@ -397,5 +459,7 @@ class InMemoryRunStore:
             "requests": len(self._requests),
             "history": len(self._feed),
             "deadlines": len(self._deadlines),
+            "leases": len(self._leases),
+            "lease_heap": len(self._lease_heap),
             "finished": len(self._finished),
         }

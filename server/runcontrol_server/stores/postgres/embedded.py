@@ -14,6 +14,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from ...domain.history import DEFAULT_MAX_AGE, DEFAULT_MAX_CHANGES
+from ...domain.limits import DEFAULT_STORE_LIMITS, StoreLimits
 from ...pgserver import LocalPostgres
 from .store import DEFAULT_POOL_SIZE, PostgresRunStore
 
@@ -28,6 +29,7 @@ class EmbeddedPostgresRunStore(PostgresRunStore):
         pool_size: int = DEFAULT_POOL_SIZE,
         history_limit: int = DEFAULT_MAX_CHANGES,
         history_max_age: timedelta | None = DEFAULT_MAX_AGE,
+        limits: StoreLimits = DEFAULT_STORE_LIMITS,
     ) -> None:
         self._server = LocalPostgres(Path(data_dir), durable=True, max_connections=50)
         # The URL is known once the server has started (`open`).
@@ -36,6 +38,7 @@ class EmbeddedPostgresRunStore(PostgresRunStore):
             pool_size=pool_size,
             history_limit=history_limit,
             history_max_age=history_max_age,
+            limits=limits,
         )
 
     @property

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ...domain.model import (
@@ -31,8 +31,17 @@ def _utc_or_none(value: datetime | None) -> datetime | None:
     return None if value is None else utc(value)
 
 
+def lease_ttl_micros(value: timedelta | None) -> int | None:
+    """The `lease_ttl` column (microseconds: exact, and plain in `to_jsonb`)."""
+    return None if value is None else value // timedelta(microseconds=1)
+
+
+def _lease_ttl(value: int | None) -> timedelta | None:
+    return None if value is None else timedelta(microseconds=value)
+
+
 def run_from_row(row: Sequence[Any], offset: int = 0) -> Run:
-    """A `Run` from `row[offset:offset + 18]`, selected as `RUN_COLUMNS`."""
+    """A `Run` from `row[offset:offset + len(Run._fields)]`, selected as `RUN_COLUMNS`."""
     r = row[offset : offset + len(Run._fields)]
     return Run(
         r[0],
@@ -53,6 +62,9 @@ def run_from_row(row: Sequence[Any], offset: int = 0) -> Run:
         r[15],
         _utc_or_none(r[16]),
         r[17],
+        int(r[18]),
+        int(r[19]),
+        _lease_ttl(r[20]),
     )
 
 
@@ -84,6 +96,10 @@ def run_from_record(record: Mapping[str, Any]) -> Run:
         record["worker_id"],
         _time(record["deadline"]),
         record["request_id"],
+        # Records written before schema 3 have no lease fields: their defaults.
+        int(record.get("attempt", 0)),
+        int(record.get("max_attempts", 1)),
+        _lease_ttl(record.get("lease_ttl")),
     )
 
 

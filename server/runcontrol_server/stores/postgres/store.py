@@ -1,6 +1,7 @@
 """The PostgreSQL store: every invariant held by the database, shared by every replica.
 
-Each operation is one transaction of at most two round trips (psycopg pipeline mode):
+Each operation is one transaction of at most two round trips (psycopg pipeline mode;
+a create near `max_stored_runs` takes a third, to count the runs: `stored_runs`):
 
 1. lock what the operation decides on and read it: the thread row (`rc_threads`, which
    serialises every strategy on one thread, ENQUEUE's several active runs included),
@@ -55,6 +56,7 @@ from ...domain.errors import (
     StoreUnavailable,
 )
 from ...domain.history import DEFAULT_MAX_AGE, DEFAULT_MAX_CHANGES
+from ...domain.limits import DEFAULT_STORE_LIMITS, StoreLimits
 from ...domain.model import (
     CancelAction,
     CancelOutcome,
@@ -73,7 +75,10 @@ from ...domain.model import (
     cursor_of,
 )
 from ...domain.rules import (
+    apply_lease_lapse,
     apply_transition,
+    check_renewal,
+    check_stored_runs,
     check_transition,
     interrupt_reason,
     plan_create,
@@ -83,11 +88,13 @@ from .records import (
     ACTIVE_SQL,
     RUN_COLUMNS,
     change_from_row,
+    lease_ttl_micros,
     outcome_from_json,
     run_from_row,
     utc,
 )
 from .schema import migrate
+from .stored_runs import StoredRunsBound
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +143,30 @@ SELECT {", ".join("u." + c for c in Run._fields)} FROM u, v, {_NOTIFY}
 """.encode()
 
 
-_SET_STATUS_TAIL = _update_tail("status = %(status)s, error = %(error)s, worker_id = %(worker_id)s")
-_CANCEL_TAIL = _update_tail(
-    "status = 'interrupted', cancel_action = %(action)s, cancel_reason = %(reason)s"
+# Every move out of RUNNING ends the claim's lease (`rules` clears lease_ttl too).
+_NO_LEASE = "lease_ttl = NULL, lease_expires_at = NULL"
+# A status move; a claim with a lease starts it at the revision's time.
+_SET_STATUS_TAIL = _update_tail(
+    "status = %(status)s, error = %(error)s, worker_id = %(worker_id)s,"
+    " attempt = %(attempt)s, lease_ttl = %(lease_ttl)s::bigint,"
+    " lease_expires_at = v.stamped_at + %(lease_ttl)s::bigint * interval '1 microsecond'"
 )
-_EXPIRE_TAIL = _update_tail("status = 'timeout', error = coalesce(r.error, 'deadline exceeded')")
+_CANCEL_TAIL = _update_tail(
+    f"status = 'interrupted', cancel_action = %(action)s, cancel_reason = %(reason)s, {_NO_LEASE}"
+)
+_EXPIRE_TAIL = _update_tail(
+    f"status = 'timeout', error = coalesce(r.error, 'deadline exceeded'), {_NO_LEASE}"
+)
+_LAPSE_TAIL = _update_tail(
+    f"status = %(status)s, error = %(error)s, worker_id = %(worker_id)s, {_NO_LEASE}"
+)
+# A renewal: the lapse moves to the store's now + TTL; no revision, no change row.
+_RENEW = f"""
+UPDATE rc_runs SET lease_expires_at = (
+    SELECT greatest(stamped_at, clock_timestamp()) FROM rc_revision
+) + lease_ttl * interval '1 microsecond'
+WHERE run_id = %s AND status = 'running' AND worker_id = %s AND lease_ttl IS NOT NULL
+RETURNING {RUN_COLUMNS}, lease_expires_at"""
 # A deletion: the DELETED change carries the run's last record (read in the same
 # snapshot as the DELETE); answers the revision.
 _DELETE_TAIL = f"""
@@ -169,14 +195,16 @@ _CREATE_TAIL = f"""
 WITH v AS ({_NEXT_REVISION}
 ), i AS (
     UPDATE rc_runs r SET status = 'interrupted', cancel_action = %(action)s,
-        cancel_reason = %(reason)s, updated_at = v.stamped_at, mod_revision = v.head
+        cancel_reason = %(reason)s, updated_at = v.stamped_at, mod_revision = v.head,
+        {_NO_LEASE}
     FROM v WHERE r.run_id = ANY(%(ids)s::text[])
     RETURNING r.*
 ), n AS (
     INSERT INTO rc_runs ({RUN_COLUMNS})
     SELECT %(run_id)s, %(thread_id)s, %(assistant_id)s, 'pending', %(on_disconnect)s,
         %(strategy)s, %(metadata)s, %(kwargs)s, v.stamped_at, v.stamped_at, v.head, v.head,
-        NULL, 'interrupt', NULL, NULL, v.stamped_at + %(timeout)s::interval, %(request_id)s
+        NULL, 'interrupt', NULL, NULL, v.stamped_at + %(timeout)s::interval, %(request_id)s,
+        0, %(max_attempts)s::integer, NULL
     FROM v
     RETURNING *
 ), c AS (
@@ -230,7 +258,11 @@ _EARLIER_ACTIVE = (
 
 
 class PostgresRunStore:
-    """`RunStore` in a PostgreSQL database, shared by any number of server replicas."""
+    """`RunStore` in a PostgreSQL database, shared by any number of server replicas.
+
+    `limits` bound the runs active per thread (exact: under the thread row lock) and
+    the runs stored (see `stored_runs`).
+    """
 
     def __init__(
         self,
@@ -240,8 +272,11 @@ class PostgresRunStore:
         history_limit: int = DEFAULT_MAX_CHANGES,
         history_max_age: timedelta | None = DEFAULT_MAX_AGE,
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+        limits: StoreLimits = DEFAULT_STORE_LIMITS,
     ) -> None:
         self._url = url
+        self._limits = limits
+        self._stored_runs = StoredRunsBound()
         self._history_limit = history_limit
         self._history_max_age = history_max_age
         self._pool_size = pool_size
@@ -537,13 +572,18 @@ class PostgresRunStore:
                     (draft.request_id,),
                 )
             active_cursor = await conn.execute(_LOCK_ACTIVE, (thread_id,))
+            head_cursor = await conn.execute(b"SELECT head FROM rc_revision")
             await pipeline.sync()
             if seen_cursor is not None and (seen := await seen_cursor.fetchone()):
                 if seen[0] != fingerprint:
                     raise RequestIdReused(draft.request_id or "", seen[1]["run"]["run_id"])
                 return outcome_from_json(seen[1])
             active = [run_from_row(row) for row in await active_cursor.fetchall()]
-            plan = plan_create(draft, active)
+            # Under the thread row lock: the active runs cannot change before the commit.
+            plan = plan_create(draft, active, self._limits)
+            head_row = await head_cursor.fetchone()
+            assert head_row is not None
+            await self._check_stored_runs(conn, pipeline, int(head_row[0]))
 
             # The tail: ONE statement (then COMMIT, in the same round trip).
             cursor = await conn.execute(
@@ -564,6 +604,7 @@ class PostgresRunStore:
                     "kwargs": draft.kwargs_json,
                     "timeout": draft.timeout,
                     "request_id": draft.request_id,
+                    "max_attempts": draft.max_attempts,
                     "fingerprint": fingerprint,
                     "queued_behind": Jsonb(list(plan.queued_behind)),
                     "channel": CHANNEL,
@@ -574,6 +615,26 @@ class PostgresRunStore:
         interrupted = sorted((run_from_row(row, 1) for row in rows[1:]), key=_by_creation)
         self._committed(run.create_revision)
         return CreateOutcome(run, tuple(interrupted), plan.queued_behind)
+
+    async def _check_stored_runs(
+        self, conn: _Conn, pipeline: psycopg.AsyncPipeline, head: int
+    ) -> None:
+        """`max_stored_runs`: the runs are counted only when the bounds prove neither
+        room nor a full store (see `stored_runs`); not under a lock, so creates in
+        flight together may pass it."""
+        limit = self._limits.max_stored_runs
+        if self._stored_runs.proves_room(head, limit):
+            return
+        full = self._stored_runs.proves_full(head, limit)
+        if full is not None:  # refused (full >= limit) without reading every run again
+            check_stored_runs(full, self._limits)
+        # The count and the revision it holds at: one statement, one snapshot.
+        cursor = await conn.execute(b"SELECT count(*), (SELECT head FROM rc_revision) FROM rc_runs")
+        await pipeline.sync()
+        row = await cursor.fetchone()
+        assert row is not None
+        self._stored_runs.counted(int(row[0]), int(row[1]))
+        check_stored_runs(int(row[0]), self._limits)
 
     async def set_status(self, change: StatusChange) -> TransitionOutcome:
         return await self._retrying(lambda: self._set_status(change))
@@ -599,6 +660,8 @@ class PostgresRunStore:
                     "status": target.status.value,
                     "error": target.error,
                     "worker_id": target.worker_id,
+                    "attempt": target.attempt,
+                    "lease_ttl": lease_ttl_micros(target.lease_ttl),
                     "run_id": run.run_id,
                     "prev_status": run.status.value,
                     "channel": CHANNEL,
@@ -638,7 +701,7 @@ class PostgresRunStore:
             if expected_mod_revision is not None and expected_mod_revision != run.mod_revision:
                 raise RevisionMismatch(run_id, expected_mod_revision, run.mod_revision)
             if run.is_active:
-                raise RunActive(run_id, run.status.value)
+                raise RunActive(run_id, run.status)
             cursor = await conn.execute(_DELETE_TAIL, {"run_id": run_id, "channel": CHANNEL})
         row = await cursor.fetchone()
         assert row is not None
@@ -670,6 +733,50 @@ class PostgresRunStore:
             self._committed(expired[-1].mod_revision)
         return expired
 
+    async def next_lease_lapse(self) -> datetime | None:
+        rows = await self._fetch(
+            "SELECT min(lease_expires_at) FROM rc_runs WHERE status = 'running'"
+            " AND lease_expires_at IS NOT NULL"
+        )
+        return None if rows[0][0] is None else utc(rows[0][0])
+
+    async def expire_leases(self, now: datetime, limit: int) -> list[Run]:
+        async with self._transaction() as (conn, pipeline):
+            lapsed = await self._lock_batch(
+                conn,
+                pipeline,
+                "status = 'running' AND lease_expires_at <= %s",
+                "lease_expires_at",
+                (now, limit),
+            )
+            cursors = []
+            for run in lapsed:  # each lapse is its own revision
+                target = apply_lease_lapse(run, run.updated_at, run.mod_revision)
+                cursors.append(
+                    await conn.execute(
+                        _LAPSE_TAIL,
+                        {
+                            "status": target.status.value,
+                            "error": target.error,
+                            "worker_id": target.worker_id,
+                            "run_id": run.run_id,
+                            "prev_status": run.status.value,
+                            "channel": CHANNEL,
+                        },
+                    )
+                )
+        changed = [run_from_row(row) for c in cursors if (row := await c.fetchone())]
+        if changed:
+            self._committed(changed[-1].mod_revision)
+        return changed
+
+    async def renew_lease(self, run_id: str, worker_id: str) -> tuple[Run, datetime]:
+        rows = await self._fetch(_RENEW, (run_id, worker_id))
+        if rows:
+            return run_from_row(rows[0]), utc(rows[0][len(Run._fields)])
+        check_renewal(await self.get_run(run_id), worker_id)  # says why (or not found)
+        raise AssertionError("unreachable: the run holds no lease for this worker")
+
     async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
         async with self._transaction() as (conn, pipeline):
             purged = await self._lock_batch(
@@ -693,16 +800,29 @@ class PostgresRunStore:
         return purged
 
     async def _forget_empty_threads(self, thread_ids: set[str]) -> None:
-        """Delete the rows of threads left without runs, skipping any a writer holds
-        (its create then finds its thread gone and is retried: `_retrying`)."""
-        async with self._connection() as conn:
-            await conn.execute(
-                b"DELETE FROM rc_threads WHERE thread_id IN (SELECT t.thread_id"
-                b" FROM rc_threads t WHERE t.thread_id = ANY(%s::text[])"
-                b" AND NOT EXISTS (SELECT 1 FROM rc_runs r WHERE r.thread_id = t.thread_id)"
-                b" FOR UPDATE SKIP LOCKED)",
+        """Delete the rows of threads left without runs, skipping any a writer holds.
+
+        Two statements, because READ COMMITTED re-checks a locked row against its own
+        WHERE clause but not a sub-select's snapshot: one statement could lock a thread
+        a create had just filled, still see it empty, and fail on the new run's foreign
+        key. So: lock the candidates first (a create upserts its thread row first, so
+        from here none can add a run), then delete those still empty, read in a fresh
+        snapshot that sees every run committed before the lock.
+        """
+        async with self._transaction() as (conn, pipeline):
+            locked = await conn.execute(
+                b"SELECT thread_id FROM rc_threads WHERE thread_id = ANY(%s::text[])"
+                b" FOR UPDATE SKIP LOCKED",
                 (sorted(thread_ids),),
             )
+            await pipeline.sync()
+            held = [row[0] for row in await locked.fetchall()]
+            if held:
+                await conn.execute(
+                    b"DELETE FROM rc_threads t WHERE t.thread_id = ANY(%s::text[])"
+                    b" AND NOT EXISTS (SELECT 1 FROM rc_runs r WHERE r.thread_id = t.thread_id)",
+                    (held,),
+                )
 
     # -- internals ---------------------------------------------------------------------
 
