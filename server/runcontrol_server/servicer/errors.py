@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.any_pb2 import Any as AnyMessage
@@ -22,7 +22,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from ..domain import errors as de
-from .convert import status_name
+from .convert import STATUS_NAMES
 
 logger = logging.getLogger(__name__)
 
@@ -47,8 +47,8 @@ def _ids(ids: tuple[str, ...]) -> str:
 def _invalid_transition(e: de.InvalidTransition) -> dict[str, str]:
     meta = {
         "run_id": e.run_id,
-        "from_status": status_name(e.from_status),
-        "to_status": status_name(e.to_status),
+        "from_status": STATUS_NAMES[e.from_status],
+        "to_status": STATUS_NAMES[e.to_status],
     }
     if e.queued_behind:
         meta["queued_behind"] = _ids(e.queued_behind)
@@ -60,6 +60,17 @@ def _already_claimed(e: de.AlreadyClaimed) -> dict[str, str]:
     if e.worker_id is not None:
         meta["worker_id"] = e.worker_id
     return meta
+
+
+def _lease_not_held(e: de.LeaseNotHeld) -> dict[str, str]:
+    meta = {"run_id": e.run_id, "status": STATUS_NAMES[e.status]}
+    if e.worker_id is not None:
+        meta["worker_id"] = e.worker_id
+    return meta
+
+
+def _limit_exceeded(e: de.LimitExceeded) -> dict[str, str]:
+    return {"limit": e.limit} if e.field is None else {"limit": e.limit, "field": e.field}
 
 
 _FPC = grpc.StatusCode.FAILED_PRECONDITION
@@ -81,8 +92,9 @@ ERROR_TABLE: dict[type[de.RunControlError], ErrorMapping[Any]] = {
         _FPC, "INVALID_TRANSITION", _invalid_transition
     ),
     de.AlreadyClaimed: ErrorMapping[de.AlreadyClaimed](_FPC, "ALREADY_CLAIMED", _already_claimed),
+    de.LeaseNotHeld: ErrorMapping[de.LeaseNotHeld](_FPC, "LEASE_NOT_HELD", _lease_not_held),
     de.RunActive: ErrorMapping[de.RunActive](
-        _FPC, "RUN_ACTIVE", lambda e: {"run_id": e.run_id, "status": status_name(e.status)}
+        _FPC, "RUN_ACTIVE", lambda e: {"run_id": e.run_id, "status": STATUS_NAMES[e.status]}
     ),
     de.RequestIdReused: ErrorMapping[de.RequestIdReused](
         _FPC, "REQUEST_ID_REUSED", lambda e: {"request_id": e.request_id, "run_id": e.run_id}
@@ -102,7 +114,12 @@ ERROR_TABLE: dict[type[de.RunControlError], ErrorMapping[Any]] = {
         lambda e: {"compact_revision": str(e.compact_revision)},
     ),
     de.LimitExceeded: ErrorMapping[de.LimitExceeded](
-        grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", lambda e: {"limit": e.limit}
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "LIMIT_EXCEEDED", _limit_exceeded
+    ),
+    de.MalformedRequest: ErrorMapping[de.MalformedRequest](
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "MALFORMED_REQUEST",
+        lambda e: {"message_type": e.message_type},
     ),
     de.StoreUnavailable: ErrorMapping[de.StoreUnavailable](
         grpc.StatusCode.UNAVAILABLE, "STORE_UNAVAILABLE", lambda e: {}
@@ -114,6 +131,16 @@ ERROR_TABLE: dict[type[de.RunControlError], ErrorMapping[Any]] = {
         grpc.StatusCode.UNAVAILABLE,
         "SHUTTING_DOWN",
         lambda e: {"revision": str(e.revision), "resume_revision": str(e.revision + 1)},
+    ),
+    de.Unauthenticated: ErrorMapping[de.Unauthenticated](
+        grpc.StatusCode.UNAUTHENTICATED,
+        "UNAUTHENTICATED",
+        lambda e: {"method": e.method, "required_role": e.required_role},
+    ),
+    de.PermissionDenied: ErrorMapping[de.PermissionDenied](
+        grpc.StatusCode.PERMISSION_DENIED,
+        "PERMISSION_DENIED",
+        lambda e: {"method": e.method, "required_role": e.required_role, "role": e.role},
     ),
 }
 
@@ -177,3 +204,12 @@ async def mapped_errors(context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIte
     except Exception:
         logger.exception("unexpected error in RPC handler")
         await context.abort_with_status(_internal_status())
+
+
+async def answer_error(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
+    """Answer `error` as `mapped_errors` does, then re-raise: for a failure already caught
+    (the one wrapper every RunControl handler runs in, `malformed.refusing_malformed`,
+    enters the error path only on failure, so successful calls pay nothing for it)."""
+    async with mapped_errors(context):
+        raise error
+    raise AssertionError("unreachable: mapped_errors aborts or re-raises")  # pragma: no cover

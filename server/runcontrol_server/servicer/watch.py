@@ -16,7 +16,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from typing import Any, NoReturn
+from contextlib import ExitStack
+from typing import Any
 
 import grpc
 
@@ -28,9 +29,9 @@ from ..domain.model import Run
 from ..domain.watch import EventType, WatchBatch, Watcher, WatchEvent, WatchFilter
 from . import validation
 from .convert import STATUS_FROM_PROTO, STATUS_TO_PROTO
-from .errors import mapped_errors
 from .limits import Limits
-from .wire import RecordCache, encode_record, varint
+from .peers import PeerSlots
+from .wire import FieldTags, RecordCache, encode_record, varint
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -49,16 +50,19 @@ DEFAULT_CACHE_SIZE = 4096
 # ... and at most this many bytes of them (one large run must not pin 4096 copies).
 DEFAULT_CACHE_BYTES = 16 << 20
 
-# WatchRunsResponse field tags (field number << 3 | wire type).
-_TAG_REVISION = b"\x08"  # 1, varint
-_TAG_EVENT = b"\x12"  # 2, length-delimited
-_END_OF_INITIAL_SET = b"\x18\x01"  # 3 = true
-_PROGRESS_ONLY = b"\x20\x01"  # 4 = true
-# RunEvent field tags.
-_EVENT_TYPE = b"\x08"  # 1, varint
-_EVENT_RUN = b"\x12"  # 2, length-delimited
-_EVENT_PREV_STATUS = b"\x18"  # 3, varint
-_EVENT_REVISION = b"\x20"  # 4, varint
+# WatchRunsResponse and RunEvent field tags, from their descriptors (see `FieldTags`).
+_response_tags = FieldTags(pb.WatchRunsResponse.DESCRIPTOR)
+_TAG_REVISION = _response_tags("revision")
+_TAG_EVENT = _response_tags("events")
+_END_OF_INITIAL_SET = _response_tags("end_of_initial_set") + b"\x01"
+_PROGRESS_ONLY = _response_tags("progress_only") + b"\x01"
+_response_tags.check_complete()
+_event_tags = FieldTags(pb.RunEvent.DESCRIPTOR)
+_EVENT_TYPE = _event_tags("type")
+_EVENT_RUN = _event_tags("run")
+_EVENT_PREV_STATUS = _event_tags("prev_status")
+_EVENT_REVISION = _event_tags("revision")
+_event_tags.check_complete()
 _EVENT_TYPE_FIELD = {
     k: _EVENT_TYPE + varint(v) if v else b"" for k, v in EVENT_TYPE_TO_PROTO.items()
 }
@@ -113,7 +117,8 @@ class EventEncoder:
     the same way cost one serialization, and each of them a dict lookup, or less: the
     watchers of one filter deliver the very same batch object (the hub shares it), one
     after another, so the last batch encoded is recognized by identity. The runs inside
-    come from the servicer's `RecordCache`.
+    come from the servicer's `RecordCache`, whose payload format (Structs or JSON text)
+    is this encoder's: a servicer keeps one encoder per format.
     """
 
     def __init__(
@@ -199,34 +204,41 @@ async def watch_runs(
     manager: RunManager,
     limits: Limits,
     encoder: EventEncoder,
+    slots: PeerSlots,
 ) -> None:
     """The WatchRuns stream: writes serialized `WatchRunsResponse` messages to `context`.
 
     Every failure of the request or of the watch (bad input, REVISION_COMPACTED,
     LIMIT_EXCEEDED, SHUTTING_DOWN, anything unexpected) ends the stream through the one
-    error table, once the watcher is unregistered; the watcher is unregistered on any
-    exit, cancellation included. Failures of a write itself (the client went away, the
-    server stopped) and cancellation are grpc's own and pass through unmapped, as when
-    grpc wrote what a generator yielded.
+    error table, once the watcher is unregistered; the watcher and the peer's slot
+    (`slots`) are released on any exit, cancellation included. Failures of a write
+    itself (the client went away, the server stopped) and cancellation are grpc's own
+    and pass through unmapped, as when grpc wrote what a generator yielded.
     """
     if manager.store_id is not None:
         # Before anything else (errors included): a client that reconnects compares it
         # with the one it saw, to tell a server that lost its state from a resumable one.
         await context.send_initial_metadata(((STORE_ID_HEADER, manager.store_id),))
-    try:
-        validation.validate_watch_runs(request, limits)
-        watch_filter = watch_filter_of(request)
-        interval = (
-            request.progress_interval.ToTimedelta().total_seconds()
-            if request.HasField("progress_interval")
-            else 0.0
-        )
-        # Registered first: the limit is checked before any work is done for the stream.
-        watcher = await manager.watch(watch_filter, progress_interval=interval or None)
-    except Exception as error:
-        await _fail(context, error)
-    with watcher:
-        failure = await _start(request, context, manager, encoder, watcher)
+    failure: Exception | None
+    with ExitStack() as held:
+        try:
+            validation.validate_watch_runs(request, limits)
+            watch_filter = watch_filter_of(request)
+            interval = (
+                request.progress_interval.ToTimedelta().total_seconds()
+                if request.HasField("progress_interval")
+                else 0.0
+            )
+            # The peer's slot, then the server's (the registration): both limits are
+            # checked before any work is done for the stream.
+            held.enter_context(slots.held(context.peer()))
+            watcher = held.enter_context(
+                await manager.watch(watch_filter, progress_interval=interval or None)
+            )
+        except Exception as error:
+            failure = error
+        else:
+            failure = await _start(request, context, manager, encoder, watcher)
         if failure is None:
             # The hot loop, per change: the batch shared by every watcher of this filter,
             # its once-encoded message, the write. Only the write is outside the `try`:
@@ -243,9 +255,10 @@ async def watch_runs(
                     failure = error
                     break
                 await write(message)
-    # Answered once the watcher is unregistered.
+    # Raised once the watcher is unregistered; the handler's wrapper answers it from the
+    # error table (see `wire.add_to_server`).
     if failure is not None:
-        await _fail(context, failure)
+        raise failure
 
 
 async def _start(
@@ -283,13 +296,6 @@ async def _start(
             await context.write(message)
         watcher.mark_sent()
     return None
-
-
-async def _fail(context: _Context, error: Exception) -> NoReturn:
-    """Answer `error` through the one error table (`mapped_errors`), then re-raise."""
-    async with mapped_errors(context):
-        raise error
-    raise AssertionError("unreachable: mapped_errors aborts or re-raises")  # pragma: no cover
 
 
 def _initial_messages(

@@ -18,21 +18,25 @@ from __future__ import annotations
 import json
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.struct_pb2 import Struct
 
 from runcontrol.v1 import run_control_pb2 as pb
+from runcontrol.v1 import run_pb2
 
 from ..domain.model import Run
 from .convert import (
     CANCEL_ACTION_TO_PROTO,
     DISCONNECT_TO_PROTO,
+    EMPTY_JSON,
     STATUS_TO_PROTO,
     STRATEGY_TO_PROTO,
 )
+from .malformed import refusing_malformed
 
 # Encoded runs kept: one entry per run id (a newer revision replaces the older), the
 # oldest entry evicted first; bounded by count and by bytes (payloads can be large).
@@ -44,7 +48,7 @@ STRUCT_CACHE_SIZE = 1024
 STRUCT_CACHE_MAX_TEXT = 1024
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_EPOCH_NAIVE = datetime(1970, 1, 1)
+_MICROSECOND = timedelta(microseconds=1)
 _MASK64 = (1 << 64) - 1
 
 
@@ -104,7 +108,7 @@ def _string(field_tag: bytes, value: str) -> bytes:
 
 def _timestamp_body(value: datetime) -> bytes:
     """A google.protobuf.Timestamp's bytes, as `Timestamp.FromDatetime` sets it."""
-    delta = value - (_EPOCH if value.tzinfo is not None else _EPOCH_NAIVE)
+    delta = value - _EPOCH  # records hold aware UTC datetimes only
     seconds = delta.days * 86_400 + delta.seconds
     body = b"\x08" + varint(seconds) if seconds else b""
     if delta.microseconds:
@@ -112,25 +116,76 @@ def _timestamp_body(value: datetime) -> bytes:
     return body
 
 
-# RunRecord field tags (see protos/runcontrol/v1/run.proto).
-_R_RUN_ID = tag(1, 2)
-_R_THREAD_ID = tag(2, 2)
-_R_ASSISTANT_ID = tag(3, 2)
-_R_STATUS = tag(4, 0)
-_R_ON_DISCONNECT = tag(5, 0)
-_R_STRATEGY = tag(6, 0)
-_R_METADATA = tag(7, 2)
-_R_KWARGS = tag(8, 2)
-_R_CREATED_AT = tag(9, 2)
-_R_UPDATED_AT = tag(10, 2)
-_R_ERROR = tag(11, 2)
-_R_CANCEL_ACTION = tag(12, 0)
-_R_CANCEL_REASON = tag(13, 2)
-_R_WORKER_ID = tag(14, 2)
-_R_DEADLINE = tag(15, 2)
-_R_CREATE_REVISION = tag(16, 0)
-_R_MOD_REVISION = tag(17, 0)
-_R_REQUEST_ID = tag(18, 2)
+class FieldTags:
+    """Field tags of one message, read from its generated descriptor.
+
+    A renumbered or retyped field changes its tag here, never silently; `check_complete`
+    (called at import for every message this module writes) fails when the proto has a
+    field the hand-written encoder does not know, so adding a field to the contract
+    without teaching the encoder stops the server from starting, not its clients later.
+    """
+
+    def __init__(self, message: Descriptor) -> None:
+        self._message = message
+        self._used: set[str] = set()
+
+    def __call__(self, name: str) -> bytes:
+        field = self._message.fields_by_name[name]
+        if field.type in _LENGTH_DELIMITED:
+            wire_type = 2
+        elif field.type in _VARINT_TYPES:
+            wire_type = 0
+        else:  # pragma: no cover - no such field in the contract
+            raise TypeError(f"{self._message.full_name}.{name}: unsupported field type")
+        self._used.add(name)
+        return tag(field.number, wire_type)
+
+    def check_complete(self) -> None:
+        missing = sorted(set(self._message.fields_by_name) - self._used)
+        if missing:
+            raise RuntimeError(
+                f"{self._message.full_name} has fields the wire encoder does not write: "
+                f"{', '.join(missing)} (servicer/wire.py)"
+            )
+
+
+_LENGTH_DELIMITED = frozenset(
+    {FieldDescriptor.TYPE_STRING, FieldDescriptor.TYPE_BYTES, FieldDescriptor.TYPE_MESSAGE}
+)
+_VARINT_TYPES = frozenset(
+    {
+        FieldDescriptor.TYPE_ENUM,
+        FieldDescriptor.TYPE_BOOL,
+        FieldDescriptor.TYPE_INT32,
+        FieldDescriptor.TYPE_INT64,
+    }
+)
+
+_record_tags = FieldTags(run_pb2.RunRecord.DESCRIPTOR)
+_R_RUN_ID = _record_tags("run_id")
+_R_THREAD_ID = _record_tags("thread_id")
+_R_ASSISTANT_ID = _record_tags("assistant_id")
+_R_STATUS = _record_tags("status")
+_R_ON_DISCONNECT = _record_tags("on_disconnect")
+_R_STRATEGY = _record_tags("multitask_strategy")
+_R_METADATA = _record_tags("metadata")
+_R_KWARGS = _record_tags("kwargs")
+_R_CREATED_AT = _record_tags("created_at")
+_R_UPDATED_AT = _record_tags("updated_at")
+_R_ERROR = _record_tags("error")
+_R_CANCEL_ACTION = _record_tags("cancel_action")
+_R_CANCEL_REASON = _record_tags("cancel_reason")
+_R_WORKER_ID = _record_tags("worker_id")
+_R_DEADLINE = _record_tags("deadline")
+_R_CREATE_REVISION = _record_tags("create_revision")
+_R_MOD_REVISION = _record_tags("mod_revision")
+_R_REQUEST_ID = _record_tags("request_id")
+_R_METADATA_JSON = _record_tags("metadata_json")
+_R_KWARGS_JSON = _record_tags("kwargs_json")
+_R_ATTEMPT = _record_tags("attempt")
+_R_MAX_ATTEMPTS = _record_tags("max_attempts")
+_R_LEASE_TTL = _record_tags("lease_ttl")
+_record_tags.check_complete()
 
 # Enum fields: the domain value -> the whole field (tag and value), b"" for zero.
 _STATUS_FIELD = {k: _R_STATUS + varint(v) if v else b"" for k, v in STATUS_TO_PROTO.items()}
@@ -147,7 +202,7 @@ _struct_cache: OrderedDict[str, bytes] = OrderedDict()
 
 def struct_bytes(json_text: str) -> bytes:
     """The serialized `Struct` of a canonical JSON object text (b"" for `{}`)."""
-    if json_text == "{}":
+    if json_text == EMPTY_JSON:
         return b""
     data = _struct_cache.get(json_text)
     if data is None:
@@ -163,19 +218,52 @@ def struct_bytes(json_text: str) -> bytes:
 
 def encode_record(run: Run) -> bytes:
     """The serialized `RunRecord` of `run`: byte-equal to
-    `convert.run_to_proto(run).SerializeToString()`.
+    `run_to_proto(run).SerializeToString()` (the tests' reference encoder).
 
     On the path of every write, so written flat: one tuple joined once, lengths below
     128 (nearly all) from a table instead of a `varint` call.
     """
     metadata = struct_bytes(run.metadata_json)
     kwargs = struct_bytes(run.kwargs_json)
+    structs = (_bytes_field(_R_METADATA, metadata) if metadata else b"") + (
+        _bytes_field(_R_KWARGS, kwargs) if kwargs else b""
+    )
+    return _record(run, structs, b"")
+
+
+def encode_record_json(run: Run) -> bytes:
+    """The `RunRecord` for calls that asked for JSON payloads: byte-equal to
+    `run_to_proto(run, payload_json=True).SerializeToString()`."""
+    metadata, kwargs = run.metadata_json, run.kwargs_json
+    texts = (b"" if metadata == EMPTY_JSON else _string(_R_METADATA_JSON, metadata)) + (
+        b"" if kwargs == EMPTY_JSON else _string(_R_KWARGS_JSON, kwargs)
+    )
+    return _record(run, b"", texts)
+
+
+def _duration_body(value: timedelta) -> bytes:
+    """A google.protobuf.Duration's bytes, as `Duration.FromTimedelta` sets it."""
+    seconds, micros = divmod(value // _MICROSECOND, 1_000_000)
+    if seconds < 0 and micros:  # seconds and nanos share the sign (toward zero)
+        seconds, micros = seconds + 1, micros - 1_000_000
+    body = b"\x08" + varint(seconds) if seconds else b""
+    if micros:
+        body += b"\x10" + varint(micros * 1000)
+    return body
+
+
+def _record(run: Run, structs: bytes, texts: bytes) -> bytes:
+    """A `RunRecord` with its payloads already encoded: `structs` as fields 7-8 or
+    `texts` as fields 19-20 (the other one empty)."""
     created = _timestamp_body(run.created_at)
     # A new run's updated_at is its created_at: encode it once.
     updated = created if run.updated_at is run.created_at else _timestamp_body(run.updated_at)
     deadline = run.deadline
     create_revision = run.create_revision
     mod_revision = run.mod_revision
+    attempt = run.attempt
+    max_attempts = run.max_attempts
+    lease_ttl = run.lease_ttl
     return b"".join(
         (
             _string(_R_RUN_ID, run.run_id) if run.run_id else b"",
@@ -184,8 +272,7 @@ def encode_record(run: Run) -> bytes:
             _STATUS_FIELD[run.status],
             _DISCONNECT_FIELD[run.on_disconnect],
             _STRATEGY_FIELD[run.multitask_strategy],
-            _bytes_field(_R_METADATA, metadata) if metadata else b"",
-            _bytes_field(_R_KWARGS, kwargs) if kwargs else b"",
+            structs,
             _bytes_field(_R_CREATED_AT, created),
             _bytes_field(_R_UPDATED_AT, updated),
             b"" if run.error is None else _string(_R_ERROR, run.error),
@@ -196,6 +283,11 @@ def encode_record(run: Run) -> bytes:
             _R_CREATE_REVISION + varint(create_revision) if create_revision else b"",
             _R_MOD_REVISION + varint(mod_revision) if mod_revision else b"",
             b"" if run.request_id is None else _string(_R_REQUEST_ID, run.request_id),
+            texts,
+            _R_ATTEMPT + varint(attempt) if attempt else b"",
+            # Never 0 in a stored run (at least 1); the check keeps protobuf's rule.
+            _R_MAX_ATTEMPTS + varint(max_attempts) if max_attempts else b"",
+            b"" if lease_ttl is None else _bytes_field(_R_LEASE_TTL, _duration_body(lease_ttl)),
         )
     )
 
@@ -208,17 +300,25 @@ class RecordCache:
     revision encodes again, and a newer revision replaces the entry. Bounded by count
     and by bytes: past either bound the entry stored longest ago goes (deleted runs
     age out that way).
+
+    One cache holds one payload format (`payload_json`: `encode_record_json`, else
+    `encode_record`): a servicer keeps one cache per format, so the bytes of one format
+    can never answer a call that asked for the other.
     """
 
-    __slots__ = ("_bytes", "_entries", "_max_bytes", "_max_entries")
+    __slots__ = ("_bytes", "_encode", "_entries", "_max_bytes", "_max_entries", "payload_json")
 
     def __init__(
         self,
         max_entries: int = DEFAULT_RECORD_CACHE_SIZE,
         max_bytes: int = DEFAULT_RECORD_CACHE_BYTES,
+        *,
+        payload_json: bool = False,
     ) -> None:
         if max_entries < 1 or max_bytes < 1:
             raise ValueError("max_entries and max_bytes must be at least 1")
+        self.payload_json = payload_json
+        self._encode = encode_record_json if payload_json else encode_record
         self._max_entries = max_entries
         self._max_bytes = max_bytes
         self._bytes = 0
@@ -242,10 +342,10 @@ class RecordCache:
                 return entry[1]
             if entry[0] > run.mod_revision:
                 # An older revision (a watcher catching up): answer it, keep the newer.
-                return encode_record(run)
+                return self._encode(run)
             del entries[run.run_id]
             self._bytes -= len(entry[1])
-        data = encode_record(run)
+        data = self._encode(run)
         entries[run.run_id] = (run.mod_revision, data)
         self._bytes += len(data)
         while len(entries) > self._max_entries or (self._bytes > self._max_bytes and entries):
@@ -255,40 +355,67 @@ class RecordCache:
 
 # --- responses ------------------------------------------------------------------------
 
-_F1_LEN = tag(1, 2)
-_F2_LEN = tag(2, 2)
-_F3_LEN = tag(3, 2)
-_F2_VARINT = tag(2, 0)
-_F3_VARINT = tag(3, 0)
-_F4_TRUE = tag(4, 0) + b"\x01"
-_F2_TRUE = _F2_VARINT + b"\x01"
+_get_tags = FieldTags(pb.GetRunResponse.DESCRIPTOR)
+_RUN = _get_tags("run")
+_get_tags.check_complete()
+# SetRunStatus, CancelRun and WaitRun answer `RunRecord run = 1; bool <flag> = 2`.
+_FLAG_RESPONSES = (
+    (pb.SetRunStatusResponse.DESCRIPTOR, "changed"),
+    (pb.CancelRunResponse.DESCRIPTOR, "cancelled"),
+    (pb.WaitRunResponse.DESCRIPTOR, "done"),
+)
+for _descriptor, _flag in _FLAG_RESPONSES:
+    _flag_tags = FieldTags(_descriptor)
+    if (_flag_tags("run"), _flag_tags(_flag)) != (_RUN, tag(2, 0)):
+        raise RuntimeError(f"{_descriptor.full_name} no longer matches record_and_flag")
+    _flag_tags.check_complete()
+_FLAG_TRUE = tag(2, 0) + b"\x01"
+_delete_tags = FieldTags(pb.DeleteRunResponse.DESCRIPTOR)
+_D_RUN = _delete_tags("run")
+_D_REVISION = _delete_tags("revision")
+_delete_tags.check_complete()
+_list_tags = FieldTags(pb.ListRunsResponse.DESCRIPTOR)
+_L_RUNS = _list_tags("runs")
+_L_NEXT_PAGE_TOKEN = _list_tags("next_page_token")
+_L_REVISION = _list_tags("revision")
+_list_tags.check_complete()
+_create_tags = FieldTags(pb.CreateRunResponse.DESCRIPTOR)
+_C_RUN = _create_tags("run")
+_C_INTERRUPTED = _create_tags("interrupted_runs")
+_C_QUEUED_BEHIND = _create_tags("queued_behind_run_ids")
+_C_REPLAYED_TRUE = _create_tags("replayed") + b"\x01"
+_create_tags.check_complete()
+_renew_tags = FieldTags(pb.RenewRunLeaseResponse.DESCRIPTOR)
+_RL_LEASE_EXPIRES_AT = _renew_tags("lease_expires_at")
+_RL_RUN = _renew_tags("run")
+_renew_tags.check_complete()
 
 
 def get_run_response(record: bytes) -> bytes:
-    """GetRunResponse{run}; also WaitRunResponse, SetRunStatusResponse and the like
-    when the flag after it is false."""
-    return _F1_LEN + varint(len(record)) + record
+    """GetRunResponse{run}."""
+    return _RUN + varint(len(record)) + record
 
 
 def record_and_flag(record: bytes, flag: bool) -> bytes:
-    """A response of `RunRecord run = 1; bool <flag> = 2` (SetRunStatus, CancelRun)."""
-    data = _F1_LEN + varint(len(record)) + record
-    return data + _F2_TRUE if flag else data
+    """A response of `RunRecord run = 1; bool <flag> = 2` (SetRunStatus, CancelRun,
+    WaitRun; checked against their descriptors at import)."""
+    data = _RUN + varint(len(record)) + record
+    return data + _FLAG_TRUE if flag else data
 
 
 def delete_run_response(record: bytes, revision: int) -> bytes:
-    data = _F1_LEN + varint(len(record)) + record
-    return data + _F2_VARINT + varint(revision) if revision else data
+    data = _D_RUN + varint(len(record)) + record
+    return data + _D_REVISION + varint(revision) if revision else data
 
 
 def list_runs_response(records: Iterable[bytes], next_page_token: str, revision: int) -> bytes:
     parts: list[bytes] = []
     for record in records:
-        parts += (_F1_LEN, varint(len(record)), record)
+        parts += (_L_RUNS, varint(len(record)), record)
     if next_page_token:
-        parts.append(_string(_F2_LEN, next_page_token))
+        parts.append(_string(_L_NEXT_PAGE_TOKEN, next_page_token))
     if revision:
-        parts += (_F3_VARINT, varint(revision))
+        parts += (_L_REVISION, varint(revision))
     return b"".join(parts)
 
 
@@ -298,14 +425,21 @@ def create_run_response(
     queued_behind: Sequence[str],
     replayed: bool,
 ) -> bytes:
-    parts = [_F1_LEN, varint(len(record)), record]
+    parts = [_C_RUN, varint(len(record)), record]
     for other in interrupted:
-        parts += (_F2_LEN, varint(len(other)), other)
+        parts += (_C_INTERRUPTED, varint(len(other)), other)
     for run_id in queued_behind:
-        parts.append(_string(_F3_LEN, run_id))
+        parts.append(_string(_C_QUEUED_BEHIND, run_id))
     if replayed:
-        parts.append(_F4_TRUE)
+        parts.append(_C_REPLAYED_TRUE)
     return b"".join(parts)
+
+
+def renew_run_lease_response(lease_expires_at: datetime, record: bytes) -> bytes:
+    """RenewRunLeaseResponse{lease_expires_at = 1, run = 2}."""
+    return _bytes_field(_RL_LEASE_EXPIRES_AT, _timestamp_body(lease_expires_at)) + _bytes_field(
+        _RL_RUN, record
+    )
 
 
 # --- registration ---------------------------------------------------------------------
@@ -313,7 +447,17 @@ def create_run_response(
 
 # Methods whose handlers return (or yield) pre-serialized response bytes.
 PRE_ENCODED = frozenset(
-    {"CreateRun", "GetRun", "ListRuns", "SetRunStatus", "CancelRun", "DeleteRun", "WatchRuns"}
+    {
+        "CreateRun",
+        "GetRun",
+        "ListRuns",
+        "SetRunStatus",
+        "CancelRun",
+        "DeleteRun",
+        "WatchRuns",
+        "RenewRunLease",
+        "WaitRun",
+    }
 )
 _SERVICE = pb.DESCRIPTOR.services_by_name["RunControl"]
 
@@ -321,7 +465,9 @@ _SERVICE = pb.DESCRIPTOR.services_by_name["RunControl"]
 def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
     """Register the RunControl servicer: like the generated
     `add_RunControlServicer_to_server`, but the `PRE_ENCODED` methods pass their
-    bytes through.
+    bytes through, bytes that do not parse as the request are answered
+    MALFORMED_REQUEST, and every failure of a handler is answered from the one error
+    table (`malformed.refusing_malformed`).
 
     Built from the service descriptor, so every other method keeps the generated codec.
     """
@@ -342,9 +488,10 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
             # RunControl has only unary calls and one server stream.
             if method.client_streaming:
                 raise TypeError(f"unsupported client-streaming method {method.name}")
-            handlers[method.name] = grpc.unary_unary_rpc_method_handler(behaviour, **codec)
+            handler = grpc.unary_unary_rpc_method_handler(behaviour, **codec)
         else:
-            handlers[method.name] = grpc.unary_stream_rpc_method_handler(behaviour, **codec)
+            handler = grpc.unary_stream_rpc_method_handler(behaviour, **codec)
+        handlers[method.name] = refusing_malformed(handler, answer_errors=True)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
     )
