@@ -14,23 +14,27 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
+from _certs import make_certificates
+from _security import write_tokens
 from _server_process import (
     EXIT_TIMEOUT,
     STARTUP_TIMEOUT,
     clean_env,
     server_process,
 )
+from _streams import until
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
 
+from runcontrol.errors import from_grpc_error
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_control_pb2_grpc as pb_grpc
 from runcontrol_server.app import RUN_CONTROL_SERVICE, RunControlServer
@@ -79,7 +83,9 @@ def _error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
 async def test_process_serves_health_reflection_and_runs_then_exits_0_on_signal(
     signum: signal.Signals,
 ) -> None:
-    async with server_process("--listen", "127.0.0.1:0") as server:
+    # An hour of grace: a stop that waited it out could not end within EXIT_TIMEOUT.
+    grace = ("--grace-period", "3600")
+    async with server_process("--listen", "127.0.0.1:0", *grace) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             serving = health_pb2.HealthCheckResponse.SERVING
             assert await _health(channel, "") == serving
@@ -97,10 +103,8 @@ async def test_process_serves_health_reflection_and_runs_then_exits_0_on_signal(
             )
             assert got.run == created.run
 
-        started = time.monotonic()
+        # Nothing is in flight, so the grace period is not waited out.
         assert await server.stop(signum) == 0
-        # Nothing was in flight, so the grace period (5 s) must not be waited out.
-        assert time.monotonic() - started < 4.0
         assert await server.stdout_rest == b"", "stdout carries only the listening line"
 
 
@@ -226,8 +230,10 @@ def test_flag_wins_over_env_and_env_over_default() -> None:
     assert settings.max_payload_bytes == 1 << 20
 
 
-def test_every_setting_has_a_flag_and_an_env_var() -> None:
+def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
     # One value per row that differs from the default, given once by flag, once by env.
+    certs = make_certificates(tmp_path)
+    tokens = write_tokens(tmp_path / "tokens")
     values = {
         "listen": "[::1]:0",
         "grace_period": "0.5",
@@ -239,6 +245,12 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         "retention": "0",
         "max_watchers": "7",
         "progress_interval": "0.25",
+        "max_message_bytes": "5000000",
+        "max_active_runs_per_thread": "3",
+        "max_stored_runs": "40",
+        "max_waiters": "9",
+        "max_watchers_per_peer": "5",
+        "max_waiters_per_peer": "6",
         "history_size": "50",
         "history_max_age": "0",
         "store": "postgresql://rc:secret@127.0.0.1:5432/rc",
@@ -247,9 +259,19 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         "keepalive_timeout": "1.5",
         "max_connection_age": "0",
         "max_connection_age_grace": "2",
+        "tls_cert": certs.server_cert,
+        "tls_key": certs.server_key,
+        "tls_client_ca": certs.ca,
+        "tokens_file": tokens,
+        "insecure": "1",  # a switch: its flag takes no value
+        "metrics_listen": "127.0.0.1:9464",
+        "log_format": "json",
+        "access_log": "1",
+        "otel": "1",
     }
     assert set(values) == {o.name for o in OPTIONS}
-    from_flags = parse_settings([a for o in OPTIONS for a in (o.flag, values[o.name])], {})
+    argv = [a for o in OPTIONS for a in ((o.flag,) if o.switch else (o.flag, values[o.name]))]
+    from_flags = parse_settings(argv, {})
     from_env = parse_settings([], {o.env: values[o.name] for o in OPTIONS})
     assert from_flags == from_env
     assert from_env == Settings(
@@ -263,6 +285,12 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         retention=0.0,
         max_watchers=7,
         progress_interval=0.25,
+        max_message_bytes=5_000_000,
+        max_active_runs_per_thread=3,
+        max_stored_runs=40,
+        max_waiters=9,
+        max_watchers_per_peer=5,
+        max_waiters_per_peer=6,
         history_size=50,
         history_max_age=0.0,
         store="postgresql://rc:secret@127.0.0.1:5432/rc",
@@ -271,6 +299,15 @@ def test_every_setting_has_a_flag_and_an_env_var() -> None:
         keepalive_timeout=1.5,
         max_connection_age=0.0,
         max_connection_age_grace=2.0,
+        tls_cert=certs.server_cert,
+        tls_key=certs.server_key,
+        tls_client_ca=certs.ca,
+        tokens_file=tokens,
+        insecure=True,
+        metrics_listen="127.0.0.1:9464",
+        log_format="json",
+        access_log=True,
+        otel=True,
     )
 
 
@@ -390,9 +427,22 @@ async def test_in_flight_call_finishes_within_the_grace_period() -> None:
         await asyncio.wait_for(store.entered.wait(), CALL_TIMEOUT)
 
         stopping = asyncio.ensure_future(server.stop(grace=5.0))
-        await asyncio.sleep(0.2)
+
+        async def grpc_is_stopping() -> bool:
+            # The drain refuses a new call with SHUTTING_DOWN; once grpc's own stop has
+            # begun (the last step before the store closes) the call is refused below it.
+            try:
+                await stub.HasInflight(pb.HasInflightRequest(thread_id="probe"), timeout=1)
+            except grpc.aio.AioRpcError as refused:
+                below = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
+                error = from_grpc_error(refused)
+                return error.code in below and error.reason != "SHUTTING_DOWN"
+            return False
+
+        await until(grpc_is_stopping, "grpc's stop has begun")
         assert server.draining
         assert not stopping.done(), "stop must wait for the in-flight call"
+        assert not store.closed, "the store was closed under an in-flight call"
 
         store.gate.set()
         response = await asyncio.wait_for(in_flight, CALL_TIMEOUT)
@@ -406,14 +456,12 @@ async def test_grace_period_bounds_a_call_that_never_finishes() -> None:
     async with in_process_server(store) as (server, channel):
         stub = pb_grpc.RunControlStub(channel)
         created = await stub.CreateRun(pb.CreateRunRequest(thread_id="t"), timeout=CALL_TIMEOUT)
-        stuck = asyncio.ensure_future(
-            stub.GetRun(pb.GetRunRequest(run_id=created.run.run_id), timeout=CALL_TIMEOUT)
-        )
+        # No deadline of its own: only the grace period can end this call, and a stop
+        # that did not enforce it would never return.
+        stuck = asyncio.ensure_future(stub.GetRun(pb.GetRunRequest(run_id=created.run.run_id)))
         await asyncio.wait_for(store.entered.wait(), CALL_TIMEOUT)
 
-        started = time.monotonic()
         await asyncio.wait_for(server.stop(grace=0.3), EXIT_TIMEOUT)
-        assert time.monotonic() - started < 3.0
         with pytest.raises(grpc.aio.AioRpcError):
             await asyncio.wait_for(stuck, CALL_TIMEOUT)
         assert store.closed

@@ -5,7 +5,8 @@ Shutdown order (SIGTERM/SIGINT or `RunControlServer.stop`):
    refused with UNAVAILABLE / SHUTTING_DOWN, so balancers and clients move away;
 2. `grpc.aio.Server.stop(grace)`: in-flight calls get up to `grace` seconds to
    finish, then are cancelled;
-3. the manager (and its store) is closed.
+3. the metrics endpoint stops and traces are flushed (observability);
+4. the manager (and its store) is closed.
 """
 
 from __future__ import annotations
@@ -21,22 +22,29 @@ from typing import Any, TypeVar
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import reflection, reflection_pb2_grpc
 
 from runcontrol.v1 import run_control_pb2
 
 from .config import (
     EMBEDDED_SCHEME,
     Settings,
+    limits_of,
     log_level_number,
+    max_message_bytes_of,
     retention_of,
     split_host_port,
+    store_limits_of,
 )
 from .domain.errors import ShuttingDown
 from .domain.manager import RunManager
 from .domain.store import RunStore
+from .observability import Observability
+from .observability.logs import formatter as log_formatter
+from .security.server import ServerSecurity
 from .servicer import Limits, RunControlServicer, add_to_server
 from .servicer.errors import mapped_errors
+from .servicer.malformed import TolerantRegistrar
 from .stores.memory import InMemoryRunStore
 
 log = logging.getLogger(__name__)
@@ -55,21 +63,15 @@ HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
 # Services that keep answering while draining: health must be able to say NOT_SERVING,
 # and reflection is harmless metadata.
 _ALWAYS_SERVED = (f"/{HEALTH_SERVICE}/", f"/{reflection.SERVICE_NAME}/")
-# gRPC's default receive limit; raised only if two max-size payloads would not fit.
-_DEFAULT_MAX_RECEIVE = 4 * 1024 * 1024
-_MESSAGE_OVERHEAD = 64 * 1024
-
 _Req = TypeVar("_Req")
 _Resp = TypeVar("_Resp")
 
 
 def configure_logging(settings: Settings) -> None:
     """Log to stderr: stdout carries only the `listening on` line for supervisors."""
-    logging.basicConfig(
-        stream=sys.stderr,
-        level=log_level_number(settings),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(log_formatter(settings.log_format))  # text or JSON lines
+    logging.basicConfig(level=log_level_number(settings), handlers=[handler])
 
 
 def build_store(settings: Settings) -> RunStore:
@@ -79,7 +81,9 @@ def build_store(settings: Settings) -> RunStore:
     )
     if settings.store == "memory":
         return InMemoryRunStore(
-            history_limit=settings.history_size, history_max_age=history_max_age
+            history_limit=settings.history_size,
+            history_max_age=history_max_age,
+            limits=store_limits_of(settings),
         )
     try:
         from .stores.postgres import EmbeddedPostgresRunStore, PostgresRunStore
@@ -94,12 +98,14 @@ def build_store(settings: Settings) -> RunStore:
             pool_size=settings.pool_size,
             history_limit=settings.history_size,
             history_max_age=history_max_age,
+            limits=store_limits_of(settings),
         )
     return PostgresRunStore(
         settings.store,
         pool_size=settings.pool_size,
         history_limit=settings.history_size,
         history_max_age=history_max_age,
+        limits=store_limits_of(settings),
     )
 
 
@@ -111,6 +117,7 @@ def build_manager(settings: Settings, store: RunStore | None = None) -> RunManag
         store,
         retention=retention_of(settings),
         max_watchers=settings.max_watchers,
+        max_waiters=settings.max_waiters,
         progress_interval=settings.progress_interval,
         history_size=settings.history_size,
     )
@@ -234,6 +241,15 @@ class _DrainingHealth(health_aio.HealthServicer):  # type: ignore[misc]  # untyp
         self.draining = True
         await self.enter_graceful_shutdown()  # permanent NOT_SERVING, watchers notified
 
+    async def List(self, request: Any, context: Any) -> health_pb2.HealthListResponse:
+        # The stock aio servicer lacks List: its inherited stub raised, so every call
+        # was logged with a traceback. The statuses are the base class's own table.
+        statuses = {
+            name: health_pb2.HealthCheckResponse(status=status)
+            for name, status in self._server_status.items()
+        }
+        return health_pb2.HealthListResponse(statuses=statuses)
+
     async def Watch(self, request: health_pb2.HealthCheckRequest, context: Any) -> None:
         proxy = _WatchContext(context, self)
         watch = asyncio.ensure_future(super().Watch(request, proxy))
@@ -268,30 +284,49 @@ class RunControlServer:
         self._manager = manager if manager is not None else build_manager(settings)
         self._health = _DrainingHealth()
         self._drain = _DrainInterceptor(self._manager)
+        try:
+            self._security = ServerSecurity(settings, RUN_CONTROL_SERVICE)
+        except ValueError as error:  # a TLS or tokens file went bad since parsing
+            raise ConfigurationError(str(error)) from None
+        try:
+            self._observability = Observability(settings, self._manager)
+        except ImportError as error:  # --otel without the otel extra
+            raise ConfigurationError(str(error)) from None
         if page_token_key is None and settings.page_token_key is not None:
             page_token_key = settings.page_token_key.encode()
         self._servicer = RunControlServicer(
             self._manager,
-            limits=limits or Limits(max_payload_bytes=settings.max_payload_bytes),
+            limits=limits or limits_of(settings),
             page_token_key=page_token_key,
         )
-        max_receive = max(_DEFAULT_MAX_RECEIVE, 2 * settings.max_payload_bytes + _MESSAGE_OVERHEAD)
         self._server = grpc.aio.server(
-            interceptors=[self._drain],
+            # Authentication first: an unknown caller learns nothing, not even draining.
+            # Observability outermost, so refused calls are counted, logged and traced.
+            interceptors=[
+                *self._observability.interceptors,
+                *self._security.interceptors,
+                self._drain,
+            ],
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 # Without this, Linux gRPC binds with SO_REUSEPORT and a second server
                 # on the same port would silently share it instead of failing.
                 ("grpc.so_reuseport", 0),
-                ("grpc.max_receive_message_length", max_receive),
+                # Bigger requests are refused by gRPC itself (RESOURCE_EXHAUSTED).
+                ("grpc.max_receive_message_length", max_message_bytes_of(settings)),
                 *connection_options(settings),
             ],
         )
         # Not the generated add_RunControlServicer_to_server: answers are pre-encoded bytes.
         add_to_server(self._servicer, self._server)
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        reflection.enable_server_reflection(
-            (RUN_CONTROL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME), self._server
+        # Health and reflection too answer bytes that do not parse (MALFORMED_REQUEST).
+        registrar = TolerantRegistrar(self._server)
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
+        reflection_pb2_grpc.add_ServerReflectionServicer_to_server(
+            reflection.aio.ReflectionServicer(
+                (RUN_CONTROL_SERVICE, HEALTH_SERVICE, reflection.SERVICE_NAME)
+            ),
+            registrar,
         )
         self._address: str | None = None
         self._stopping: asyncio.Task[None] | None = None
@@ -308,6 +343,11 @@ class RunControlServer:
         return self._address
 
     @property
+    def metrics_address(self) -> str | None:
+        """The metrics endpoint's bound "HOST:PORT" once started (None: metrics off)."""
+        return self._observability.metrics_address
+
+    @property
     def draining(self) -> bool:
         return self._drain.draining
 
@@ -315,16 +355,26 @@ class RunControlServer:
         """Bind `settings.listen`, start serving, and return the bound "HOST:PORT"."""
         host, _ = split_host_port(self._settings.listen)
         try:
-            port = self._server.add_insecure_port(self._settings.listen)
+            port = self._security.add_port(self._server)  # TLS when configured
         except RuntimeError as exc:  # grpc raises a bare RuntimeError on bind failure
             raise ListenError(f"cannot listen on {self._settings.listen}: {exc}") from exc
         for service in ("", RUN_CONTROL_SERVICE):
             await self._health.set(service, health_pb2.HealthCheckResponse.SERVING)
         await self._manager.start()  # the feed reader and the janitor
+        try:
+            await self._observability.start()  # the metrics endpoint, when asked for
+        except OSError as exc:
+            where = self._settings.metrics_listen
+            raise ListenError(f"cannot serve metrics on {where}: {exc}") from exc
         await self._server.start()
         self._address = f"{host}:{port}"
         log.info("serving %s on %s", RUN_CONTROL_SERVICE, self._address)
+        self._security.log_exposure()
         return self._address
+
+    def reload_tokens(self) -> bool:
+        """Re-read `--tokens-file` (SIGHUP); a bad file keeps the previous entries."""
+        return self._security.reload()
 
     async def begin_drain(self) -> None:
         """Report NOT_SERVING and refuse new RunControl calls; in-flight ones continue."""
@@ -351,6 +401,7 @@ class RunControlServer:
         grace = self._settings.grace_period if grace is None else grace
         await self.begin_drain()
         await self._server.stop(grace)
+        await self._observability.stop()
         await self._manager.close()
         log.info("stopped")
 
@@ -384,6 +435,8 @@ async def serve(settings: Settings) -> None:
             loop.remove_signal_handler(signum)
 
     server = RunControlServer(settings)
+    if settings.tokens_file is not None:  # without one, SIGHUP keeps its usual meaning
+        loop.add_signal_handler(signal.SIGHUP, server.reload_tokens)
     try:
         address = await server.start()
     except BaseException:

@@ -16,7 +16,31 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
+from .domain.history import DEFAULT_MAX_AGE, DEFAULT_MAX_CHANGES
+from .domain.janitor import DEFAULT_RETENTION
+from .domain.limits import (
+    DEFAULT_MAX_ACTIVE_RUNS_PER_THREAD,
+    DEFAULT_MAX_STORED_RUNS,
+    StoreLimits,
+)
+from .domain.waiting import DEFAULT_MAX_WAITERS
+from .domain.watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL
+from .eventloop import LOOPS
+from .security.exposure import settings_problem
+from .security.pem import certificate_file, private_key_file
+from .security.tokens import tokens_file
+from .servicer.limits import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    DEFAULT_MAX_WAITERS_PER_PEER,
+    DEFAULT_MAX_WATCHERS_PER_PEER,
+    Limits,
+)
+
 ENV_PREFIX = "RUNCONTROL_"
+# gRPC's own default receive limit, kept unless the payload limit needs more; and the
+# room a CreateRun needs beside its two payloads.
+DEFAULT_MAX_MESSAGE_BYTES = 4 << 20
+MESSAGE_OVERHEAD = 64 << 10
 _LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # A shorter HMAC key would make page tokens forgeable by brute force.
 MIN_PAGE_TOKEN_KEY_LENGTH = 16
@@ -26,7 +50,7 @@ MIN_PAGE_TOKEN_KEY_LENGTH = 16
 class Settings:
     listen: str = "127.0.0.1:50051"
     grace_period: float = 5.0
-    max_payload_bytes: int = 1 << 20  # 1 MiB: long message histories fit
+    max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES
     log_level: str = "INFO"
     # A secret: kept out of repr so it never reaches a log line.
     page_token_key: str | None = field(default=None, repr=False)
@@ -34,14 +58,23 @@ class Settings:
     # Event loop: "auto" (uvloop when installed), "asyncio" or "uvloop".
     loop: str = "auto"
     # Seconds finished runs are kept before deletion; 0 keeps them forever.
-    retention: float = 300.0
+    retention: float = DEFAULT_RETENTION.total_seconds()
     # WatchRuns: open streams at once; default heartbeat period (seconds).
-    max_watchers: int = 10_000
-    progress_interval: float = 5.0
+    max_watchers: int = DEFAULT_MAX_WATCHERS
+    progress_interval: float = DEFAULT_PROGRESS_INTERVAL
+    # Limits (README "Limits"): each refused past its edge with RESOURCE_EXHAUSTED /
+    # LIMIT_EXCEEDED, except the message size, which gRPC itself refuses. None: derived
+    # from max_payload_bytes (`max_message_bytes_of`).
+    max_message_bytes: int | None = None
+    max_active_runs_per_thread: int = DEFAULT_MAX_ACTIVE_RUNS_PER_THREAD
+    max_stored_runs: int = DEFAULT_MAX_STORED_RUNS
+    max_waiters: int = DEFAULT_MAX_WAITERS
+    max_watchers_per_peer: int = DEFAULT_MAX_WATCHERS_PER_PEER
+    max_waiters_per_peer: int = DEFAULT_MAX_WAITERS_PER_PEER
     # Change history serving watch resumes and slow watchers: change sets kept, and
     # their maximum age in seconds (0: bounded by count only).
-    history_size: int = 10_000
-    history_max_age: float = 600.0
+    history_size: int = DEFAULT_MAX_CHANGES
+    history_max_age: float = DEFAULT_MAX_AGE.total_seconds()
     # Where runs live: "memory" (this process only) or a PostgreSQL URL shared by
     # replicas. A secret: the URL may carry a password.
     store: str = field(default="memory", repr=False)
@@ -51,6 +84,19 @@ class Settings:
     keepalive_timeout: float = 10.0
     max_connection_age: float = 300.0
     max_connection_age_grace: float = 0.0
+    # Security (runcontrol_server.security): TLS files, the tokens file (roles), and
+    # the explicit waiver for a non-loopback address served with neither.
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    tokens_file: str | None = None
+    insecure: bool = False
+    # Observability (runcontrol_server.observability): the Prometheus endpoint (None:
+    # off), the stderr line format, a log line per call, OpenTelemetry traces.
+    metrics_listen: str | None = None
+    log_format: str = "text"
+    access_log: bool = False
+    otel: bool = False
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -112,10 +158,36 @@ def _positive_float(value: str) -> float:
     return number
 
 
+def _switch(value: str) -> bool:
+    # For a flag without a value: its environment variable says yes or no.
+    word = value.lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError("must be 1/true/yes/on or 0/false/no/off")
+    return word in ("1", "true", "yes", "on")
+
+
+def _metrics_listen(value: str) -> str:
+    # A bare port stays on this machine: exposing metrics is a decision to spell out.
+    if value.isdigit():
+        value = f"127.0.0.1:{value}"
+    try:
+        split_host_port(value)
+    except ValueError as exc:
+        raise ValueError(f"{exc} (or a bare PORT for 127.0.0.1)") from None
+    return value
+
+
+def _log_format(value: str) -> str:
+    name = value.lower()
+    if name not in ("text", "json"):
+        raise ValueError("must be text or json")
+    return name
+
+
 def _loop(value: str) -> str:
     name = value.lower()
-    if name not in ("auto", "asyncio", "uvloop"):
-        raise ValueError("must be one of auto, asyncio, uvloop")
+    if name not in LOOPS:
+        raise ValueError(f"must be one of {', '.join(LOOPS)}")
     return name
 
 
@@ -158,6 +230,8 @@ class Option:
     default_text: str | None = None
     # Secret values are never echoed back in error messages.
     secret: bool = False
+    # A flag without a value (its env var takes 1/0, true/false, ...).
+    switch: bool = False
 
     def describe(self, value: str) -> str:
         return "invalid value" if self.secret else f"invalid value {value!r}"
@@ -206,8 +280,9 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "loop",
         _loop,
-        "auto|asyncio|uvloop",
-        "event loop; auto takes uvloop when it is installed (the `uvloop` extra)",
+        "|".join(LOOPS),
+        "event loop; auto takes uvloop when it is installed (a regular dependency where "
+        "it has wheels), asyncio's loop elsewhere",
     ),
     Option(
         "retention",
@@ -227,6 +302,50 @@ OPTIONS: tuple[Option, ...] = (
         _positive_float,
         "SECONDS",
         "WatchRuns progress (bookmark) period for requests that do not set one",
+    ),
+    Option(
+        "max_message_bytes",
+        _positive_int,
+        "BYTES",
+        "largest request message received; gRPC itself refuses bigger ones with "
+        "RESOURCE_EXHAUSTED (no ErrorInfo). At least twice --max-payload-bytes plus "
+        f"{MESSAGE_OVERHEAD // 1024} KiB, so a CreateRun with both payloads at their limit fits",
+        default_text=f"the larger of {DEFAULT_MAX_MESSAGE_BYTES} and that minimum",
+    ),
+    Option(
+        "max_active_runs_per_thread",
+        _positive_int,
+        "N",
+        "active (PENDING or RUNNING) runs one thread may have: ENQUEUE creates past it are "
+        "refused, so a thread's queue cannot grow without bound",
+    ),
+    Option(
+        "max_stored_runs",
+        _positive_int,
+        "N",
+        "runs the store may hold (finished ones included); creates past it are refused. "
+        "On PostgreSQL, creates racing on several connections may pass it by the number "
+        "in flight",
+    ),
+    Option(
+        "max_waiters",
+        _positive_int,
+        "N",
+        "WaitRun calls waiting at once; more are refused with RESOURCE_EXHAUSTED",
+    ),
+    Option(
+        "max_watchers_per_peer",
+        _positive_int,
+        "N",
+        "WatchRuns streams one client host may hold open, so one client cannot take every "
+        "slot (behind a proxy every caller is the proxy: raise it to --max-watchers)",
+    ),
+    Option(
+        "max_waiters_per_peer",
+        _positive_int,
+        "N",
+        "WaitRun calls one client host may have waiting (behind a proxy: raise it to "
+        "--max-waiters)",
     ),
     Option(
         "history_size",
@@ -284,6 +403,69 @@ OPTIONS: tuple[Option, ...] = (
         "(watches then resume on the next replica); 0 waits for them to end",
         default_text="0 (wait)",
     ),
+    Option(
+        "tls_cert",
+        certificate_file,
+        "PEM_FILE",
+        "serve TLS with this certificate chain (with --tls-key)",
+        default_text="none: plaintext",
+    ),
+    Option(
+        "tls_key",
+        private_key_file,
+        "PEM_FILE",
+        "the private key of --tls-cert",
+        default_text="none",
+    ),
+    Option(
+        "tls_client_ca",
+        certificate_file,
+        "PEM_FILE",
+        "mutual TLS: accept only clients whose certificate this CA signed",
+        default_text="none",
+    ),
+    Option(
+        "tokens_file",
+        tokens_file,
+        "PATH",
+        "require a bearer token (or a listed client certificate) on every RunControl call; "
+        "the file gives each its role (reader, worker, admin), one `ROLE TOKEN [NAME]` "
+        "per line; re-read on SIGHUP",
+        default_text="none: no authentication",
+    ),
+    Option(
+        "insecure",
+        _switch,
+        "",
+        "allow a non-loopback --listen address without TLS and without --tokens-file "
+        "(logged as a warning)",
+        switch=True,
+    ),
+    Option(
+        "metrics_listen",
+        _metrics_listen,
+        "HOST:PORT",
+        "serve Prometheus metrics over HTTP here (a bare PORT: 127.0.0.1:PORT; port 0 "
+        "picks a free one)",
+        default_text="off",
+    ),
+    Option("log_format", _log_format, "text|json", "stderr lines: text, or one JSON object each"),
+    Option(
+        "access_log",
+        _switch,
+        "",
+        "log a line per call at INFO (method, code, duration, peer, run and thread ids; "
+        "never payloads or credentials)",
+        switch=True,
+    ),
+    Option(
+        "otel",
+        _switch,
+        "",
+        "OpenTelemetry: a span per call, exported over OTLP as the OTEL_* variables say "
+        "(the `otel` extra)",
+        switch=True,
+    ),
 )
 
 
@@ -323,6 +505,16 @@ def build_parser(prog: str | None = "runcontrol-server") -> argparse.ArgumentPar
         "set with the environment variable shown; a flag wins over the environment.",
     )
     for option in OPTIONS:
+        if option.switch:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                action="store_const",
+                const=True,
+                default=argparse.SUPPRESS,
+                help=f"{option.help} [env {option.env}=1]",
+            )
+            continue
         parser.add_argument(
             option.flag,
             dest=option.name,
@@ -361,7 +553,52 @@ def parse_settings(
                 values[option.name] = option.parse(raw)
             except ValueError as exc:
                 parser.error(f"environment variable {option.env}: {option.describe(raw)}: {exc}")
-    return Settings(**values)
+    settings = Settings(**values)
+    problem = settings_problem(settings) or message_limit_problem(settings)
+    if problem is not None:
+        parser.error(problem)
+    return settings
+
+
+def min_message_bytes(settings: Settings) -> int:
+    """The smallest message limit that still takes a CreateRun with both payloads at
+    `max_payload_bytes` (ids and the other fields fit in the overhead)."""
+    return 2 * settings.max_payload_bytes + MESSAGE_OVERHEAD
+
+
+def max_message_bytes_of(settings: Settings) -> int:
+    """The request size gRPC accepts (`grpc.max_receive_message_length`)."""
+    if settings.max_message_bytes is not None:
+        return settings.max_message_bytes
+    return max(DEFAULT_MAX_MESSAGE_BYTES, min_message_bytes(settings))
+
+
+def message_limit_problem(settings: Settings) -> str | None:
+    """Why `max_message_bytes` cannot work with `max_payload_bytes`, if it cannot."""
+    needed = min_message_bytes(settings)
+    if settings.max_message_bytes is not None and settings.max_message_bytes < needed:
+        return (
+            f"--max-message-bytes {settings.max_message_bytes} is below {needed}, twice "
+            f"--max-payload-bytes ({settings.max_payload_bytes}) plus "
+            f"{MESSAGE_OVERHEAD // 1024} KiB: lower --max-payload-bytes too"
+        )
+    return None
+
+
+def store_limits_of(settings: Settings) -> StoreLimits:
+    return StoreLimits(
+        max_active_runs_per_thread=settings.max_active_runs_per_thread,
+        max_stored_runs=settings.max_stored_runs,
+    )
+
+
+def limits_of(settings: Settings) -> Limits:
+    """The servicer's request limits."""
+    return Limits(
+        max_payload_bytes=settings.max_payload_bytes,
+        max_watchers_per_peer=settings.max_watchers_per_peer,
+        max_waiters_per_peer=settings.max_waiters_per_peer,
+    )
 
 
 def retention_of(settings: Settings) -> timedelta | None:

@@ -1,7 +1,7 @@
 """Which asyncio event loop the server runs on: uvloop when installed, else asyncio's.
 
-uvloop (the optional `uvloop` extra) measurably speeds up grpc.aio's per-call work
-(see BENCHMARKS.md); behaviour is the same on either loop.
+uvloop (a regular dependency on the platforms it has wheels for) measurably speeds up
+grpc.aio's per-call work (see BENCHMARKS.md); behaviour is the same on either loop.
 """
 
 from __future__ import annotations
@@ -29,8 +29,7 @@ def loop_factory(name: str) -> Callable[[], asyncio.AbstractEventLoop] | None:
     except ImportError:
         if name == "uvloop":
             raise RuntimeError(
-                "the uvloop event loop was asked for but is not installed "
-                "(pip install 'runcontrol[uvloop]')"
+                "the uvloop event loop was asked for but is not installed (pip install uvloop)"
             ) from None
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = uvloop.new_event_loop
