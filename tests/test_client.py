@@ -7,11 +7,13 @@ from typing import Any
 
 import grpc
 import pytest
+from _streams import until
 
 import runcontrol
 from runcontrol import (
     AlreadyClaimed,
     AsyncClient,
+    Bookmark,
     CancelAction,
     Client,
     InvalidArgument,
@@ -23,6 +25,7 @@ from runcontrol import (
     RunNotFound,
     RunStatus,
     ThreadBusy,
+    WatchEvent,
 )
 from runcontrol.testing import InProcessServer
 from runcontrol.v1 import run_control_pb2 as pb
@@ -148,6 +151,44 @@ async def test_sync_client_has_the_same_api(server: InProcessServer) -> None:
 
     status, cancelled, listed = await asyncio.to_thread(work)
     assert (status, cancelled, len(listed)) == (RunStatus.SUCCESS, False, 1)
+
+
+async def test_sync_client_watches_like_the_async_one(server: InProcessServer) -> None:
+    """The blocking watch: an initial set, live events in order, a run's own watch,
+    and leaving the loop ends the stream (no stream left on the server)."""
+    created = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def work() -> list[tuple[str, str, RunStatus]]:
+        seen: list[tuple[str, str, RunStatus]] = []
+        with Client(server.address) as sync:
+            first = sync.create_run("watched")
+            for item in sync.watch(thread_id="watched", send_initial=True):
+                if isinstance(item, Bookmark) and item.end_of_initial_set:
+                    loop.call_soon_threadsafe(created.set)  # now make a live change
+                elif isinstance(item, WatchEvent):
+                    seen.append((item.type.name, item.run.run_id, item.run.status))
+                    if item.run.status is RunStatus.RUNNING:
+                        break
+            events = first.watch(send_initial=True)
+            initial = next(events)
+            events.close()
+            assert isinstance(initial, WatchEvent) and initial.run.run_id == first.run_id
+        return seen
+
+    async def claim_when_listed() -> str:
+        await created.wait()
+        async with AsyncClient(server.address) as reader:
+            (run,) = [r async for r in reader.list_runs(thread_id="watched")]
+        await server.stub.SetRunStatus(
+            pb.SetRunStatusRequest(run_id=run.run_id, status=2, worker_id="w")
+        )
+        return run.run_id
+
+    async with asyncio.timeout(30):
+        seen, run_id = await asyncio.gather(asyncio.to_thread(work), claim_when_listed())
+    assert seen == [("ADDED", run_id, RunStatus.PENDING), ("MODIFIED", run_id, RunStatus.RUNNING)]
+    await until(lambda: server.manager.watch_hub.count == 0, "the watches ended")
 
 
 class _FlakyGetRun(run_control_pb2_grpc.RunControlServicer):

@@ -8,8 +8,9 @@
 * `runcontrol.testing` — `serve_in_process()`, a real in-process server for tests.
 """
 
+from ._claim import ClaimedRun
 from ._client import AsyncClient, Client
-from ._handle import AsyncRunHandle, ClaimedRun, RunHandle
+from ._handle import AsyncRunHandle, RunHandle
 from ._models import CancelAction, DisconnectMode, EventType, MultitaskStrategy, Run, RunStatus
 from ._requests import Creation, Inflight, RunPage
 from ._watch import Bookmark, Resynced, WatchEvent, WatchItem
@@ -17,7 +18,10 @@ from .errors import (
     AlreadyClaimed,
     InvalidArgument,
     InvalidTransition,
+    LeaseNotHeld,
     LimitExceeded,
+    MalformedRequest,
+    PermissionDenied,
     RequestIdReused,
     RevisionCompacted,
     RevisionMismatch,
@@ -28,6 +32,7 @@ from .errors import (
     StoreIncompatible,
     StoreUnavailable,
     ThreadBusy,
+    Unauthenticated,
 )
 
 __all__ = [
@@ -44,8 +49,11 @@ __all__ = [
     "Inflight",
     "InvalidArgument",
     "InvalidTransition",
+    "LeaseNotHeld",
     "LimitExceeded",
+    "MalformedRequest",
     "MultitaskStrategy",
+    "PermissionDenied",
     "RequestIdReused",
     "Resynced",
     "RevisionCompacted",
@@ -61,6 +69,7 @@ __all__ = [
     "StoreIncompatible",
     "StoreUnavailable",
     "ThreadBusy",
+    "Unauthenticated",
     "WatchEvent",
     "WatchItem",
 ]

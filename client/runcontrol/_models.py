@@ -7,9 +7,10 @@ Enum values equal the proto numbers, so converting is `RunStatus(record.status)`
 from __future__ import annotations
 
 import enum
+import json
 from dataclasses import dataclass
 from datetime import UTC as _UTC
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from google.protobuf import json_format
@@ -68,6 +69,15 @@ def _optional(record: Any, field: str) -> str | None:
     return getattr(record, field) if record.HasField(field) else None
 
 
+def _payload(text: str, struct: Any) -> dict[str, Any]:
+    """A payload from its JSON text (exact integers), else from its Struct: a server
+    that does not know the text form, or a call without the JSON header, sends that."""
+    if text:
+        value: dict[str, Any] = json.loads(text)
+        return value
+    return json_format.MessageToDict(struct)
+
+
 @dataclass(frozen=True, slots=True)
 class Run:
     """One run as the server stored it at `mod_revision` (a snapshot; never changes)."""
@@ -90,6 +100,10 @@ class Run:
     create_revision: int
     mod_revision: int
     request_id: str | None
+    # Claims so far, claims allowed in all, and the claimer's lease (None: no lease).
+    attempt: int = 0
+    max_attempts: int = 1
+    lease_ttl: timedelta | None = None
 
     @property
     def is_active(self) -> bool:
@@ -112,8 +126,8 @@ class Run:
             status=RunStatus(record.status),
             on_disconnect=DisconnectMode(record.on_disconnect),
             multitask_strategy=MultitaskStrategy(record.multitask_strategy),
-            metadata=json_format.MessageToDict(record.metadata),
-            kwargs=json_format.MessageToDict(record.kwargs),
+            metadata=_payload(record.metadata_json, record.metadata),
+            kwargs=_payload(record.kwargs_json, record.kwargs),
             created_at=created_at,
             updated_at=updated_at,
             error=_optional(record, "error"),
@@ -124,4 +138,8 @@ class Run:
             create_revision=record.create_revision,
             mod_revision=record.mod_revision,
             request_id=_optional(record, "request_id"),
+            attempt=record.attempt,
+            # 0 only from a server that predates the field: one claim, as it allowed.
+            max_attempts=record.max_attempts or 1,
+            lease_ttl=record.lease_ttl.ToTimedelta() if record.HasField("lease_ttl") else None,
         )

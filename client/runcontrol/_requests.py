@@ -27,7 +27,14 @@ RETRYABLE_METHODS = (
     "CancelRun",
     "HasInflight",
     "WaitRun",
+    "RenewRunLease",  # a heartbeat: repeating it changes nothing
 )
+
+
+# Sent with every call: answers carry payloads as JSON text (`metadata_json`), so
+# integers come back as ints, at any size; a Struct would make them doubles.
+PAYLOAD_FORMAT_HEADER = "runcontrol-payload-format"
+CALL_METADATA = ((PAYLOAD_FORMAT_HEADER, "json"),)
 
 
 def service_config(max_attempts: int = 5) -> str:
@@ -95,6 +102,7 @@ def create_request(
     kwargs: dict[str, Any] | None,
     request_id: str | None,
     run_timeout: float | timedelta | None,
+    max_attempts: int | None = None,
 ) -> pb.CreateRunRequest:
     request = pb.CreateRunRequest(
         thread_id=thread_id,
@@ -108,13 +116,33 @@ def create_request(
     if multitask_strategy is not None:
         request.multitask_strategy = multitask_strategy.value
     if metadata:
-        request.metadata.update(metadata)
+        request.metadata_json = payload_json("metadata", metadata)
     if kwargs:
-        request.kwargs.update(kwargs)
+        request.kwargs_json = payload_json("kwargs", kwargs)
+    if max_attempts is not None:
+        request.max_attempts = max_attempts
     timeout = duration(run_timeout)
     if timeout is not None:
         request.timeout.CopyFrom(timeout)
     return request
+
+
+def payload_json(name: str, value: dict[str, Any]) -> str:
+    """A payload as compact JSON text (exact integers, unlike a Struct's doubles).
+
+    Raises TypeError / ValueError (NaN, Infinity, values JSON cannot hold) naming the
+    payload, before anything is sent.
+    """
+    if not isinstance(value, dict):
+        raise TypeError(f"{name} must be a dict (a JSON object), not {type(value).__name__}")
+    try:
+        return json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError as exc:
+        raise ValueError(f"{name} is not valid JSON: {exc}") from None
+    except TypeError as exc:
+        raise TypeError(f"{name} is not valid JSON: {exc}") from None
 
 
 def creation_of(response: pb.CreateRunResponse) -> Creation:
@@ -132,8 +160,12 @@ def set_status_request(
     error: str | None,
     worker_id: str | None,
     expected_mod_revision: int | None,
+    lease_ttl: float | timedelta | None = None,
 ) -> pb.SetRunStatusRequest:
     request = pb.SetRunStatusRequest(run_id=run_id, status=status.value)
+    lease = duration(lease_ttl)
+    if lease is not None:
+        request.lease_ttl.CopyFrom(lease)
     if error is not None:
         request.error = error
     if worker_id is not None:

@@ -28,10 +28,11 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from . import _auth
 from . import _cli_format as fmt
 from ._client import AsyncClient, Client
 from ._models import CancelAction, DisconnectMode, MultitaskStrategy, Run, RunStatus
-from ._requests import channel_options
+from ._requests import CALL_METADATA, channel_options
 from ._watch import Bookmark, Resynced, WatchEvent, resuming_watch
 from .errors import RunControlError, RunNotFound, translated_errors
 from .v1 import run_control_pb2 as pb
@@ -97,6 +98,9 @@ Exit codes:
 
 Environment:
   {ADDR_ENV}  server address used when --addr is not given (default {DEFAULT_ADDR})
+  {_auth.TOKEN_ENV}, {_auth.TLS_CA_ENV}, {_auth.TLS_CLIENT_CERT_ENV},
+  {_auth.TLS_CLIENT_KEY_ENV}
+      used when --token, --tls-ca, --tls-cert, --tls-key are not given
 
 Addresses: HOST[:PORT], [IPV6][:PORT] or a bare IPv6 address; the port defaults to
 {DEFAULT_PORT}. A gRPC target with a scheme (dns:, unix:, ipv4:, ...) is used as is."""
@@ -137,6 +141,13 @@ def _count(text: str) -> int:
 
 def _lower(text: str) -> str:
     return text.lower()
+
+
+def _pem_file(text: str) -> bytes:
+    try:
+        return _auth.read_pem_file(text, "file")
+    except _auth.SecuritySettingError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 _SCHEME = re.compile(r"^(dns|unix|unix-abstract|vsock|ipv4|ipv6|xds|google-c2p):", re.I)
@@ -204,6 +215,21 @@ def _add_globals(parser: argparse.ArgumentParser, *, suppress: bool) -> None:
         metavar="SECONDS",
         help=f"deadline of each call, 0 for none (default: {DEFAULT_CALL_TIMEOUT:g})",
     )
+    # Security: a flag wins over its environment variable (read by `_auth.resolve`).
+    group.add_argument(
+        "--token",
+        default=default(None),
+        help=f"bearer token sent with every call (default: ${_auth.TOKEN_ENV}); "
+        "the variable keeps it out of the process list",
+    )
+    for flag, env, what in (
+        ("--tls-ca", _auth.TLS_CA_ENV, "use TLS, trusting the CA in this PEM file"),
+        ("--tls-cert", _auth.TLS_CLIENT_CERT_ENV, "client certificate (mutual TLS), PEM"),
+        ("--tls-key", _auth.TLS_CLIENT_KEY_ENV, "the client certificate's key, PEM"),
+    ):
+        group.add_argument(
+            flag, type=_pem_file, default=default(None), metavar="FILE", help=f"{what} (${env})"
+        )
 
 
 def _command(
@@ -476,6 +502,7 @@ class _Failure(Exception):
 class _Context:
     args: argparse.Namespace
     now: Callable[[], datetime]
+    security: _auth.ChannelSecurity
 
     @property
     def output(self) -> str:
@@ -506,7 +533,29 @@ def _print_runs(ctx: _Context, runs: Sequence[Run]) -> None:
 
 
 def _client(ctx: _Context) -> Client:
-    return Client(ctx.args.addr, timeout=ctx.call_timeout)
+    s = ctx.security
+    return Client(
+        ctx.args.addr,
+        timeout=ctx.call_timeout,
+        token=s.token,
+        root_certificates=s.root_certificates,
+        client_certificate=s.client_certificate,
+        client_key=s.client_key,
+    )
+
+
+def _security(args: argparse.Namespace) -> _auth.ChannelSecurity:
+    """The flags, else the environment variables."""
+
+    def given(value: Any) -> Any:
+        return _auth.UNSET if value is None else value
+
+    return _auth.resolve(
+        token=given(args.token),
+        root_certificates=given(args.tls_ca),
+        client_certificate=given(args.tls_cert),
+        client_key=given(args.tls_key),
+    )
 
 
 def _cmd_create(ctx: _Context) -> int:
@@ -627,7 +676,7 @@ def _cmd_wait(ctx: _Context) -> int:
 
 def _cmd_health(ctx: _Context) -> int:
     a = ctx.args
-    with grpc.insecure_channel(a.addr) as channel, translated_errors():
+    with ctx.security.channel(a.addr, ()) as channel, translated_errors():
         response = health_pb2_grpc.HealthStub(channel).Check(
             health_pb2.HealthCheckRequest(service=a.service), timeout=ctx.call_timeout
         )
@@ -730,11 +779,12 @@ class _Streams:
         if self.progress_interval is not None:
             # Progress messages while nothing changes: proof of a reconnect in time.
             request.progress_interval.FromNanoseconds(int(self.progress_interval * 1e9))
-        return _Stream(self, self._stub.WatchRuns(request), request.send_initial)
+        call = self._stub.WatchRuns(request, metadata=CALL_METADATA)  # exact payloads
+        return _Stream(self, call, request.send_initial)
 
     async def current_revision(self) -> int:
         response = await self._stub.ListRuns(
-            pb.ListRunsRequest(page_size=1), timeout=self._call_timeout
+            pb.ListRunsRequest(page_size=1), timeout=self._call_timeout, metadata=CALL_METADATA
         )
         revision: int = response.revision
         return revision
@@ -793,7 +843,7 @@ async def _watch(ctx: _Context) -> int:
     a = ctx.args
     reconnect_timeout: float | None = a.reconnect_timeout
     options = channel_options(True, _WATCH_CHANNEL_OPTIONS)
-    channel = grpc.aio.insecure_channel(a.addr, options=options)
+    channel = ctx.security.aio_channel(a.addr, options)
     try:
         await _wait_connected(channel, a.addr, ctx.call_timeout)
         client = AsyncClient(channel=channel, timeout=ctx.call_timeout)
@@ -882,7 +932,12 @@ def main(argv: list[str] | None = None, *, now: Callable[[], datetime] | None = 
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
-    ctx = _Context(args, now or (lambda: datetime.now(UTC)))
+    try:
+        security = _security(args)
+    except _auth.SecuritySettingError as error:
+        _note(f"error: {error}")
+        return EXIT_USAGE
+    ctx = _Context(args, now or (lambda: datetime.now(UTC)), security)
     try:
         return _COMMANDS[args.command](ctx)
     except RunControlError as error:

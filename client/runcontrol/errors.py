@@ -116,6 +116,23 @@ class AlreadyClaimed(RunControlError):
         return self.metadata.get("worker_id")
 
 
+class LeaseNotHeld(RunControlError):
+    """A lease renewal for a run this worker no longer holds (it finished, was
+    cancelled, or the lease lapsed): the worker should stop working on it."""
+
+    reason_key = "LEASE_NOT_HELD"
+
+    @property
+    def status(self) -> str | None:
+        """The run's status (`RUN_STATUS_...`) when the renewal was refused."""
+        return self.metadata.get("status")
+
+    @property
+    def worker_id(self) -> str | None:
+        """The worker holding the run now, if any."""
+        return self.metadata.get("worker_id")
+
+
 class RunActive(RunControlError):
     reason_key = "RUN_ACTIVE"
 
@@ -149,7 +166,24 @@ class LimitExceeded(RunControlError):
 
     @property
     def limit(self) -> str | None:
+        """The server setting that was reached, e.g. "max_stored_runs"."""
         return self.metadata.get("limit")
+
+    @property
+    def field(self) -> str | None:
+        """The request field past the limit, when one was (e.g. "kwargs")."""
+        return self.metadata.get("field")
+
+
+class MalformedRequest(RunControlError):
+    """The request's bytes did not parse as the method's message (a client bug, or
+    not a RunControl client at all)."""
+
+    reason_key = "MALFORMED_REQUEST"
+
+    @property
+    def message_type(self) -> str | None:
+        return self.metadata.get("message_type")
 
 
 class ShuttingDown(RunControlError):
@@ -171,6 +205,39 @@ class StoreIncompatible(RunControlError):
     """The server's store holds data this server version cannot use."""
 
     reason_key = "STORE_INCOMPATIBLE"
+
+
+class Unauthenticated(RunControlError):
+    """The call carried no credential the server accepts (no token, or an unknown one)."""
+
+    reason_key = "UNAUTHENTICATED"
+
+    @property
+    def method(self) -> str | None:
+        return self.metadata.get("method")
+
+    @property
+    def required_role(self) -> str | None:
+        return self.metadata.get("required_role")
+
+
+class PermissionDenied(RunControlError):
+    """The credential is known but its `role` is below the `required_role`."""
+
+    reason_key = "PERMISSION_DENIED"
+
+    @property
+    def method(self) -> str | None:
+        return self.metadata.get("method")
+
+    @property
+    def required_role(self) -> str | None:
+        return self.metadata.get("required_role")
+
+    @property
+    def role(self) -> str | None:
+        """The caller's own role."""
+        return self.metadata.get("role")
 
 
 def _details_status(trailing: Iterable[Any] | None) -> status_pb2.Status | None:

@@ -56,6 +56,8 @@ export interface Value {
 export interface Struct {
   fields: Record<string, Value>;
 }
+/** A JSON value as fromJson() reads it: integers beyond 2^53 are bigint. */
+export type JsonValue = null | boolean | number | bigint | string | JsonValue[] | { [key: string]: JsonValue };
 
 export interface RunRecord {
   run_id: string;
@@ -64,7 +66,9 @@ export interface RunRecord {
   status: RunStatus;
   on_disconnect: DisconnectMode;
   multitask_strategy: MultitaskStrategy;
+  /** Null when the call asked for JSON payloads (every call of this client): read runMetadata(run). */
   metadata: Struct | null;
+  /** Null when the call asked for JSON payloads: read runKwargs(run). */
   kwargs: Struct | null;
   created_at: Timestamp | null;
   updated_at: Timestamp | null;
@@ -76,6 +80,16 @@ export interface RunRecord {
   create_revision: Int64;
   mod_revision: Int64;
   request_id?: string;
+  /** The metadata as exact JSON text; "" for {} or when the call asked for Structs. */
+  metadata_json: string;
+  /** The kwargs as exact JSON text; "" for {} or when the call asked for Structs. */
+  kwargs_json: string;
+  /** Claims so far (0 before the first). */
+  attempt: number;
+  /** Claims allowed in all (at least 1). */
+  max_attempts: number;
+  /** The claiming worker's lease, when its claim asked for one; null otherwise. */
+  lease_ttl: Duration | null;
 }
 
 export interface CreateRunRequest {
@@ -83,10 +97,18 @@ export interface CreateRunRequest {
   assistant_id?: string;
   on_disconnect?: EnumIn<DisconnectMode>;
   multitask_strategy?: EnumIn<MultitaskStrategy>;
+  /** Prefer metadata_json: a Struct holds numbers as doubles. Set at most one of the two. */
   metadata?: Struct;
+  /** Prefer kwargs_json. Set at most one of the two. */
   kwargs?: Struct;
   request_id?: string;
   timeout?: Duration;
+  /** The metadata as JSON object text, exact: build it with toJson(). */
+  metadata_json?: string;
+  /** The kwargs as JSON object text, exact: build it with toJson(). */
+  kwargs_json?: string;
+  /** Claims the run may have in all, 1-100; 0 or unset means 1. */
+  max_attempts?: number;
 }
 export interface CreateRunResponse {
   run: RunRecord;
@@ -117,6 +139,8 @@ export interface SetRunStatusRequest {
   error?: string;
   worker_id?: string;
   expected_mod_revision?: Int64Like;
+  /** With a claim (RUNNING): a lease to renew with renewRunLease() before it lapses. */
+  lease_ttl?: Duration;
 }
 export interface SetRunStatusResponse {
   run: RunRecord;
@@ -156,6 +180,15 @@ export interface WaitRunResponse {
   run: RunRecord;
   done: boolean;
 }
+export interface RenewRunLeaseRequest {
+  run_id: string;
+  worker_id: string;
+}
+export interface RenewRunLeaseResponse {
+  /** When the lease lapses unless renewed again (server clock). */
+  lease_expires_at: Timestamp | null;
+  run: RunRecord;
+}
 export interface WatchRunsRequest {
   thread_id?: string;
   run_ids?: string[];
@@ -177,9 +210,30 @@ export interface WatchRunsResponse {
   progress_only: boolean;
 }
 
+/** PEM contents (not paths) for TLS; `ca` unset trusts the system's roots. */
+export interface TlsOptions {
+  ca?: Buffer | string | null;
+  /** This client's certificate (mutual TLS), with `key`. */
+  cert?: Buffer | string | null;
+  key?: Buffer | string | null;
+}
+
 export interface ClientOptions {
-  /** Default: grpc.credentials.createInsecure(). Use the `grpc` exported here to build others. */
+  /**
+   * Your own channel credentials (then leave `tls` out). Default: plaintext, or TLS
+   * from `tls` / the RUNCONTROL_TLS_* variables.
+   */
   credentials?: grpc.ChannelCredentials;
+  /**
+   * Bearer token sent as `authorization: Bearer <token>` on every call, watches
+   * included. Absent: $RUNCONTROL_TOKEN; null: no token.
+   */
+  token?: string | null;
+  /**
+   * TLS. Absent: from $RUNCONTROL_TLS_CA, $RUNCONTROL_TLS_CLIENT_CERT and
+   * $RUNCONTROL_TLS_CLIENT_KEY (file paths) when set; null: plaintext.
+   */
+  tls?: TlsOptions | null;
   /** Default deadline of every unary call, in ms (none when unset). Not applied to watchRuns. */
   deadlineMs?: number;
   /** Passed to the grpc-js channel. */
@@ -191,7 +245,10 @@ export interface CallOptions {
   deadlineMs?: number | null;
   /** Cancels the call; the promise / iterator then rejects with `signal.reason`. */
   signal?: AbortSignal;
-  /** Request metadata (headers). */
+  /**
+   * Request metadata (headers). The client adds `runcontrol-payload-format: json`
+   * unless it is set here (e.g. to "struct" to get the Structs instead).
+   */
   metadata?: grpc.Metadata;
 }
 
@@ -253,6 +310,8 @@ export class RunControlClient {
   hasInflight(request: HasInflightRequest, options?: CallOptions): Promise<HasInflightResponse>;
   deleteRun(request: DeleteRunRequest, options?: CallOptions): Promise<DeleteRunResponse>;
   waitRun(request: WaitRunRequest, options?: CallOptions): Promise<WaitRunResponse>;
+  /** A worker's heartbeat; LEASE_NOT_HELD when the run is no longer its own. */
+  renewRunLease(request: RenewRunLeaseRequest, options?: CallOptions): Promise<RenewRunLeaseResponse>;
   /** Breaking out of the loop, return(), or aborting `signal` cancels the call. */
   watchRuns(request?: WatchRunsRequest, options?: CallOptions): AsyncGenerator<WatchRunsResponse, void, undefined>;
   close(): void;
@@ -260,6 +319,8 @@ export class RunControlClient {
 
 export const ERROR_DOMAIN: 'runcontrol';
 export const STATUS_DETAILS_KEY: 'grpc-status-details-bin';
+/** The request header every call sends with "json": payloads come back as exact JSON text. */
+export const PAYLOAD_FORMAT_HEADER: 'runcontrol-payload-format';
 /** Absolute path of the repository's protos/ directory. */
 export const PROTO_ROOT: string;
 export const LOADER_OPTIONS: Readonly<LoaderOptions>;
@@ -267,5 +328,13 @@ export const LOADER_OPTIONS: Readonly<LoaderOptions>;
 export function decodeStatus(bytes: Uint8Array): RpcStatus | null;
 export function toStruct(object: Record<string, unknown>): Struct;
 export function fromStruct(struct: Struct | null | undefined): Record<string, unknown>;
+/** A plain object -> exact JSON text (bigint keeps its digits); NaN, Infinity and cycles throw. */
+export function toJson(object: Record<string, unknown>): string;
+/** JSON text -> value; integers beyond Number.MAX_SAFE_INTEGER become bigint. */
+export function fromJson(text: string): JsonValue;
+/** A record's metadata: its metadata_json (exact) when sent, else its Struct. */
+export function runMetadata(run: RunRecord): Record<string, JsonValue>;
+/** A record's kwargs: its kwargs_json (exact) when sent, else its Struct. */
+export function runKwargs(run: RunRecord): Record<string, JsonValue>;
 export function timestampToDate(ts: Timestamp | null | undefined): Date | null;
 export function durationFromMs(ms: number): Duration;

@@ -17,19 +17,28 @@
  *   oneofs: true     a virtual `_<field>` property names a set optional field
  *
  * Well-known types come from proto-loader's bundled google/protobuf and keep
- * their camelCase field names even with keepCase (e.g. Value.stringValue):
- * use `toStruct` / `fromStruct` for metadata and kwargs.
+ * their camelCase field names even with keepCase (e.g. Value.stringValue).
+ *
+ * Payloads travel as JSON text, exactly: every call sends the header
+ * `runcontrol-payload-format: json`, so records carry `metadata_json` /
+ * `kwargs_json` instead of the Structs; send `metadata_json: toJson(object)`
+ * and read with `runMetadata(run)` / `runKwargs(run)` (integers beyond 2^53 are
+ * BigInt). `toStruct` / `fromStruct` remain for the Struct fields.
  */
 
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
 const { decodeStatus } = require('./status');
+const { resolveSecurity } = require('./auth');
+const { parseJson, stringifyJson } = require('./json');
 
 const ERROR_DOMAIN = 'runcontrol';
 const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
 const PROTO_ROOT = path.resolve(__dirname, '..', '..', '..', 'protos');
 const PROTO_FILE = 'runcontrol/v1/run_control.proto';
+/** Request header asking for payloads as JSON text (exact integers) in every RunRecord. */
+const PAYLOAD_FORMAT_HEADER = 'runcontrol-payload-format';
 
 /** @type {import('@grpc/proto-loader').Options} */
 const LOADER_OPTIONS = Object.freeze({
@@ -150,6 +159,18 @@ function callOptions(ms) {
   return { deadline: Date.now() + ms };
 }
 
+/**
+ * The call's request metadata: the caller's (copied, never changed) plus the
+ * JSON payload header, unless the caller set that header itself.
+ * @param {grpc.Metadata | undefined} metadata
+ * @returns {grpc.Metadata}
+ */
+function callMetadata(metadata) {
+  const result = metadata ? metadata.clone() : new grpc.Metadata();
+  if (result.get(PAYLOAD_FORMAT_HEADER).length === 0) result.set(PAYLOAD_FORMAT_HEADER, 'json');
+  return result;
+}
+
 /** Unary RPCs: client method name -> RPC name. */
 const UNARY = Object.freeze({
   createRun: 'CreateRun',
@@ -160,6 +181,7 @@ const UNARY = Object.freeze({
   hasInflight: 'HasInflight',
   deleteRun: 'DeleteRun',
   waitRun: 'WaitRun',
+  renewRunLease: 'RenewRunLease',
 });
 
 class RunControlClient {
@@ -171,9 +193,15 @@ class RunControlClient {
     const Service = loadService();
     this._defaultDeadlineMs = options.deadlineMs;
     callOptions(this._defaultDeadlineMs); // validate early
+    // TLS and the bearer token: from `options`, else RUNCONTROL_* variables (auth.js).
+    const { credentials, interceptors } = resolveSecurity(options);
+    const channelOptions = options.channelOptions ?? {};
     /** @type {grpc.Client & Record<string, Function>} */
     this._client = /** @type {any} */ (
-      new Service(address, options.credentials ?? grpc.credentials.createInsecure(), options.channelOptions ?? {})
+      new Service(address, credentials, {
+        ...channelOptions,
+        interceptors: [...interceptors, ...(channelOptions.interceptors ?? [])],
+      })
     );
   }
 
@@ -207,7 +235,7 @@ class RunControlClient {
       const onAbort = () => call?.cancel();
       call = this._client[rpc](
         request ?? {},
-        options.metadata ?? new grpc.Metadata(),
+        callMetadata(options.metadata),
         callOptions(deadlineMs),
         /** @param {grpc.ServiceError | null} err @param {any} response */
         (err, response) => {
@@ -236,7 +264,7 @@ class RunControlClient {
     const { signal } = options;
     if (signal?.aborted) throw abortReason(signal);
     const call = /** @type {grpc.ClientReadableStream<any>} */ (
-      this._client.WatchRuns(request ?? {}, options.metadata ?? new grpc.Metadata(), callOptions(options.deadlineMs))
+      this._client.WatchRuns(request ?? {}, callMetadata(options.metadata), callOptions(options.deadlineMs))
     );
     let ended = false;
     let cancelled = false;
@@ -366,6 +394,58 @@ function fromStruct(struct) {
 }
 
 /**
+ * A JSON object -> its exact JSON text, for `metadata_json` / `kwargs_json`:
+ * BigInt values keep every digit; NaN, Infinity and cycles throw.
+ * @param {Record<string, unknown>} object
+ * @returns {string}
+ */
+function toJson(object) {
+  if (object === null || typeof object !== 'object' || Array.isArray(object)) {
+    const kind = object === null ? 'null' : Array.isArray(object) ? 'an array' : typeof object;
+    throw new TypeError(`a payload must be a plain object, got ${kind}`);
+  }
+  return stringifyJson(object);
+}
+
+/**
+ * JSON text -> value; integers beyond Number.MAX_SAFE_INTEGER become BigInt.
+ * @param {string} text
+ * @returns {unknown}
+ */
+function fromJson(text) {
+  return parseJson(text);
+}
+
+/**
+ * A record's payload: its JSON text when sent (exact), else its Struct (a
+ * server without the text form, or a call that asked for Structs).
+ * @param {string | undefined} text
+ * @param {import('./index').Struct | null | undefined} struct
+ * @returns {Record<string, unknown>}
+ */
+function payloadOf(text, struct) {
+  return text ? /** @type {Record<string, unknown>} */ (parseJson(text)) : fromStruct(struct);
+}
+
+/**
+ * The metadata of a RunRecord as a plain object (see `payloadOf`).
+ * @param {import('./index').RunRecord} run
+ * @returns {Record<string, unknown>}
+ */
+function runMetadata(run) {
+  return payloadOf(run.metadata_json, run.metadata);
+}
+
+/**
+ * The kwargs of a RunRecord as a plain object (see `payloadOf`).
+ * @param {import('./index').RunRecord} run
+ * @returns {Record<string, unknown>}
+ */
+function runKwargs(run) {
+  return payloadOf(run.kwargs_json, run.kwargs);
+}
+
+/**
  * google.protobuf.Timestamp -> Date (millisecond precision); null when unset.
  * @param {import('./index').Timestamp | null | undefined} ts
  * @returns {Date | null}
@@ -394,11 +474,16 @@ module.exports = {
   RunControlError,
   ERROR_DOMAIN,
   STATUS_DETAILS_KEY,
+  PAYLOAD_FORMAT_HEADER,
   PROTO_ROOT,
   LOADER_OPTIONS,
   decodeStatus,
   toStruct,
   fromStruct,
+  toJson,
+  fromJson,
+  runMetadata,
+  runKwargs,
   timestampToDate,
   durationFromMs,
   /** the @grpc/grpc-js instance this package uses (for credentials, Metadata, status) */

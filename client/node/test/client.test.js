@@ -4,7 +4,15 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { randomUUID } = require('node:crypto');
 
-const { RunControlClient, RunControlError, toStruct, fromStruct, timestampToDate } = require('../src/index.js');
+const {
+  RunControlClient,
+  RunControlError,
+  durationFromMs,
+  toStruct,
+  runMetadata,
+  runKwargs,
+  timestampToDate,
+} = require('../src/index.js');
 const { startServer } = require('../support/python-server.js');
 
 /** @type {Awaited<ReturnType<typeof startServer>>} */
@@ -62,8 +70,14 @@ test('create, get, list and cancel a run', async () => {
   // int64 revisions are decimal strings.
   assert.match(run.create_revision, /^[1-9][0-9]*$/);
   assert.equal(run.mod_revision, run.create_revision);
-  assert.deepEqual(fromStruct(run.metadata), { user: 'ada', n: 3, nested: { ok: true, list: [1, 'two', null] } });
-  assert.deepEqual(fromStruct(run.kwargs), {});
+  // Sent as a Struct (still accepted), read back as exact JSON text (the client's header).
+  assert.equal(run.metadata, null);
+  assert.deepEqual(runMetadata(run), { user: 'ada', n: 3, nested: { ok: true, list: [1, 'two', null] } });
+  assert.deepEqual(runKwargs(run), {});
+  assert.equal(run.kwargs_json, ''); // {} is not sent
+  assert.equal(run.attempt, 0);
+  assert.equal(run.max_attempts, 1);
+  assert.equal(run.lease_ttl, null);
   const createdAt = timestampToDate(run.created_at);
   assert.ok(createdAt instanceof Date);
   assert.ok(Math.abs(createdAt.getTime() - before) < 60_000, `created_at ${createdAt.toISOString()}`);
@@ -184,4 +198,24 @@ test('int64 compare-and-set accepts string, number and bigint', async () => {
     expected_mod_revision: Number(claimed.run.mod_revision),
   });
   assert.equal(done.run.status, 'RUN_STATUS_SUCCESS');
+});
+
+test('a claim with a lease is renewed by its worker, refused to anyone else', async () => {
+  const { run } = await client.createRun({ thread_id: thread(), max_attempts: 2 });
+  assert.equal(run.max_attempts, 2);
+  const claimed = await client.setRunStatus({
+    run_id: run.run_id,
+    status: 'RUN_STATUS_RUNNING',
+    worker_id: 'w1',
+    lease_ttl: durationFromMs(30_000),
+  });
+  assert.equal(claimed.run.attempt, 1);
+  assert.equal(Number(claimed.run.lease_ttl.seconds), 30);
+  const renewed = await client.renewRunLease({ run_id: run.run_id, worker_id: 'w1' });
+  assert.equal(renewed.run.mod_revision, claimed.run.mod_revision); // no revision used
+  assert.ok(timestampToDate(renewed.lease_expires_at) > new Date(Date.now() + 20_000));
+  const refused = await rejection(client.renewRunLease({ run_id: run.run_id, worker_id: 'w2' }));
+  assert.equal(refused.codeName, 'FAILED_PRECONDITION');
+  assert.equal(refused.reason, 'LEASE_NOT_HELD');
+  assert.equal(refused.metadata.worker_id, 'w1');
 });
