@@ -23,7 +23,7 @@ MAIN_REF = $(shell git rev-parse -q --verify refs/heads/main >/dev/null 2>&1 && 
 comma := ,
 BUF_AGAINST ?= $(if $(and $(GIT_DIR_ABS),$(MAIN_REF)),$(GIT_DIR_ABS)#$(MAIN_REF)$(comma)subdir=protos)
 
-.PHONY: help install serve serve-replicas test pytest lint typecheck proto proto-check bench clean
+.PHONY: help install serve serve-replicas test pytest lint typecheck proto proto-check bench clean thorough soak
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -95,6 +95,12 @@ $(VENV)/.installed-bench: $(STAMP)
 
 bench: $(VENV)/.installed-bench ## benchmarks vs baselines, report in BENCHMARKS.md (QUICK=1: about 1 min); not in test
 	$(PY) -m bench $(if $(QUICK),--quick,)
+
+thorough: $(STAMP) ## the model-based test at full size: 1,000 programs of 50 steps per store (minutes)
+	$(PY) -m pytest tests/model -p no:cacheprovider -q --timeout 0 --hypothesis-profile thorough
+
+soak: $(VENV)/.installed-bench ## mixed load on a real server for SOAK_SECONDS (60); table + soak-report/soak.png
+	$(PY) -m bench.soak --seconds $(or $(SOAK_SECONDS),60) --out soak-report
 
 clean: ## remove the virtualenv, tools and caches
 	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache .coverage

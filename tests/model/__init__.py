@@ -1,0 +1,1 @@
+"""Model-based tests: Hypothesis state machines against a small reference model."""
