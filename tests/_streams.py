@@ -1,9 +1,12 @@
-"""Bounded waits shared by the over-the-wire tests: they fail with a reason, never hang."""
+"""Bounded waits shared by the tests (they fail with a reason, never hang), and a census
+of the event loop's tasks for the tests that prove nothing is left behind."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import inspect
+from collections import Counter
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import grpc
@@ -12,18 +15,28 @@ from runcontrol.v1 import run_control_pb2 as pb
 
 Stream = Any  # grpc.aio.UnaryStreamCall[WatchRunsRequest, WatchRunsResponse]
 READ_TIMEOUT = 5.0
-SETTLE_TIMEOUT = 10.0
+SETTLE_TIMEOUT = 20.0
 
 
 async def until(
-    condition: Callable[[], bool], what: str, *, within: float = SETTLE_TIMEOUT
+    condition: Callable[[], Awaitable[bool] | bool], what: str, *, within: float = SETTLE_TIMEOUT
 ) -> None:
-    """Wait for state that no message announces (a call registered, a janitor round)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
+    """Wait for state that no message announces (a call registered, a janitor round).
+
+    `condition` may return an awaitable (e.g. a store read). `within` only guards against
+    a hang: reaching it fails the test naming `what`; it is never a measurement.
+    """
+    try:
+        async with asyncio.timeout(within):
+            while True:
+                reached = condition()
+                if inspect.isawaitable(reached):
+                    reached = await reached
+                if reached:
+                    return
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting until {what}") from None
 
 
 async def read(call: Stream, within: float = READ_TIMEOUT) -> pb.WatchRunsResponse:
@@ -41,3 +54,14 @@ async def open_watch(stub: Any, **fields: Any) -> Stream:
     while not (await read(call)).end_of_initial_set:
         pass
     return call
+
+
+def task_census() -> Counter[str]:
+    """How many live tasks of each kind (by coroutine) the running loop has.
+
+    Taken before a test's first call it counts only long-lived tasks (grpc's accept
+    loops, the janitor, the feed reader): a task leaked by the test's calls then shows
+    as one more of its kind. grpc replaces the task that waits for the next call by a
+    new one of the same kind after each call: the counts compare, identities would not.
+    """
+    return Counter(getattr(task.get_coro(), "__qualname__", "?") for task in asyncio.all_tasks())

@@ -24,6 +24,7 @@ from typing import Any
 
 import grpc
 import pytest
+from _streams import until
 
 from runcontrol import _cli_format as fmt
 from runcontrol import cli
@@ -160,11 +161,8 @@ async def _finish_run(server: InProcessServer, run_id: str) -> None:
 
 async def _until_waiting(server: InProcessServer, n: int) -> None:
     """Until the server holds `n` WaitRun calls (the child has connected and is blocked)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RUN_TIMEOUT
-    while server.manager.waiters.waiter_count != n:
-        assert loop.time() < deadline, f"the server never saw {n} waiting calls"
-        await asyncio.sleep(0.02)
+    waiters = server.manager.waiters
+    await until(lambda: waiters.waiter_count == n, f"{n} waiting calls", within=RUN_TIMEOUT)
 
 
 async def _revision(server: InProcessServer) -> int:
@@ -453,12 +451,12 @@ async def test_wait_attach_interrupted_cancels_the_run(server: InProcessServer) 
         result = await _finish(proc)
     assert result.rc == 130, result
     assert result.err == ""
-    for _ in range(50):
-        status = (await server.stub.GetRun(pb.GetRunRequest(run_id=run_id))).run.status
-        if status == run_pb2.RUN_STATUS_INTERRUPTED:
-            break
-        await asyncio.sleep(0.1)
-    assert status == run_pb2.RUN_STATUS_INTERRUPTED
+
+    async def interrupted() -> bool:
+        got = await server.stub.GetRun(pb.GetRunRequest(run_id=run_id))
+        return bool(got.run.status == run_pb2.RUN_STATUS_INTERRUPTED)
+
+    await until(interrupted, "the attached run is interrupted")
 
 
 # --- watch (needs WatchRuns on the server) -----------------------------------------------
@@ -903,11 +901,8 @@ async def test_watch_missing_run_id_is_noted_once_and_watched(server: InProcessS
 
 async def _until_watching(manager: Any, n: int) -> None:
     """Until the server's watch hub holds `n` watches (the child's stream is open)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + RUN_TIMEOUT
-    while manager.watch_hub.count != n:
-        assert loop.time() < deadline, f"the server never saw {n} watches"
-        await asyncio.sleep(0.02)
+    hub = manager.watch_hub
+    await until(lambda: hub.count == n, f"{n} watches", within=RUN_TIMEOUT)
 
 
 async def start_server(address: str, store: Any) -> Any:

@@ -19,6 +19,8 @@ from runcontrol import (
 )
 from runcontrol.testing import InProcessServer
 
+BOUND = 10.0  # a guard against hangs, never a measurement
+
 
 @pytest.fixture
 async def client(server: InProcessServer) -> Any:
@@ -87,19 +89,29 @@ async def test_wait_returns_true_when_another_task_finishes_the_run(
 
 
 async def test_wait_returns_false_on_timeout_with_the_current_record(
-    client: AsyncClient,
+    server: InProcessServer, client: AsyncClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    manager = server.manager
+    waits: list[float | None] = []
+    wait_run = manager.wait_run
+
+    async def recorded(run_id: str, **options: Any) -> Any:
+        waits.append(options["timeout"])  # the wait the server was asked for
+        return await wait_run(run_id, **options)
+
+    monkeypatch.setattr(manager, "wait_run", recorded)
     handle = await client.create_run("t1")
     await (await client.get_run(handle.run_id)).claim("w")
-    loop = asyncio.get_running_loop()
-    started = loop.time()
-    assert await handle.wait(timeout=0.2) is False
-    assert 0.15 <= loop.time() - started < 5
+    # Nothing ends the run: only the timeout the server was given can end this wait.
+    async with asyncio.timeout(BOUND):
+        assert await handle.wait(timeout=0.2) is False
+    assert waits == [0.2]
     assert handle.run.status is RunStatus.RUNNING  # updated from PENDING
-    # Zero does not wait at all (the wire reads a zero timeout as "no limit").
-    started = loop.time()
-    assert await handle.wait(timeout=0) is False
-    assert loop.time() - started < 2
+    # Zero does not wait at all: the wire reads a zero timeout as "no limit", so it is
+    # answered by a read, not a wait that nothing here would ever end.
+    async with asyncio.timeout(BOUND):
+        assert await handle.wait(timeout=0) is False
+    assert waits == [0.2]
     await handle.cancel()
     assert await handle.wait(timeout=0) is True
 

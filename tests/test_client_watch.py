@@ -16,6 +16,8 @@ from typing import Any
 import grpc
 import pytest
 from _streams import until
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
 
 from runcontrol import (
     AsyncClient,
@@ -28,6 +30,7 @@ from runcontrol import (
     WatchItem,
 )
 from runcontrol._watch import resuming_watch
+from runcontrol.errors import ERROR_DOMAIN, STATUS_DETAILS_KEY
 from runcontrol.testing import serve_in_process
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_control_pb2_grpc, run_pb2
@@ -319,44 +322,135 @@ def _added(run_id: str, revision: int) -> pb.RunEvent:
     )
 
 
-async def test_streams_ended_cleanly_reconnect_with_backoff_not_in_a_hot_loop() -> None:
+class Sleeps:
+    """Stands in for `asyncio.sleep` in the backoff: records each delay, waits for none.
+
+    `stop_after` ends the watch (with `Stopped`) at that many delays.
+    """
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.delays: list[float] = []
+        self._stop_after = stop_after
+
+    async def __call__(self, delay: float) -> None:
+        self.delays.append(delay)
+        if len(self.delays) == self._stop_after:
+            raise Stopped
+
+
+class Stopped(Exception):
+    """Raised by `Sleeps` to end a watch that would reconnect forever."""
+
+
+def scripted_watch(
+    stub: run_control_pb2_grpc.RunControlAsyncStub,
+    request: pb.WatchRunsRequest,
+    sleeps: Sleeps,
+    **options: Any,
+) -> AsyncIterator[WatchItem]:
+    return resuming_watch(lambda attempt: stub.WatchRuns(attempt), request, sleep=sleeps, **options)
+
+
+async def test_client_watch_pins_from_now_and_gives_up_after_max_reconnects() -> None:
     servicer = _ScriptedWatch([([], None)])  # every stream ends at once, status OK
     server, address = await _serve(servicer)
     try:
-        loop = asyncio.get_running_loop()
-        started = loop.time()
         async with AsyncClient(address) as client:
             with pytest.raises(RunControlError) as ended:
-                await drain(client.watch(max_reconnects=3), 10)
-        elapsed = loop.time() - started
+                await drain(client.watch(max_reconnects=0), 10)
+    finally:
+        await server.stop(0)
+    assert ended.value.code is grpc.StatusCode.UNAVAILABLE
+    assert "ended" in ended.value.message
+    # Pinned before the first stream (ListRuns said 4), and no reconnect was allowed.
+    assert [r.start_revision for r in servicer.requests] == [5]
+
+
+async def test_streams_ended_cleanly_reconnect_with_backoff_not_in_a_hot_loop() -> None:
+    servicer = _ScriptedWatch([([], None)])  # every stream ends at once, status OK
+    server, address = await _serve(servicer)
+    sleeps = Sleeps()
+    pins = 0
+
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = run_control_pb2_grpc.RunControlStub(channel)
+
+            async def current_revision() -> int:
+                nonlocal pins
+                pins += 1
+                return (await stub.ListRuns(pb.ListRunsRequest())).revision
+
+            watch = scripted_watch(
+                stub,
+                pb.WatchRunsRequest(),
+                sleeps,
+                max_reconnects=3,
+                current_revision=current_revision,
+            )
+            with pytest.raises(RunControlError) as ended:
+                await drain(watch, 10)
     finally:
         await server.stop(0)
     assert ended.value.code is grpc.StatusCode.UNAVAILABLE
     assert "ended" in ended.value.message
     assert len(servicer.requests) == 4  # the first stream and three reconnects
     # Pinned once before the first stream (ListRuns said 4): every attempt asks for 5.
+    assert pins == 1
     assert [r.start_revision for r in servicer.requests] == [5, 5, 5, 5]
-    assert elapsed >= 0.1 + 0.2 + 0.4  # exponential backoff between them
+    # One backoff before each reconnect, doubling from the default 0.1 s; none after
+    # the last stream: the fourth failure in a row ends the watch instead.
+    assert sleeps.delays == [0.1, 0.2, 0.4]
 
 
 async def test_unbounded_watch_backs_off_against_a_server_closing_every_stream() -> None:
     servicer = _ScriptedWatch([([], None)])
     server, address = await _serve(servicer)
+    sleeps = Sleeps(stop_after=6)
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = run_control_pb2_grpc.RunControlStub(channel)
-            watch = resuming_watch(
-                lambda request: stub.WatchRuns(request),
-                pb.WatchRunsRequest(),
-                initial_backoff=0.05,
-                max_backoff=0.1,
+            watch = scripted_watch(
+                stub, pb.WatchRunsRequest(), sleeps, initial_backoff=0.05, max_backoff=0.1
             )
-            with pytest.raises(TimeoutError):
-                await drain(watch, 0.6)
+            with pytest.raises(Stopped):
+                await drain(watch, 10)
     finally:
         await server.stop(0)
-    # 0.05 + 0.1 + 0.1 + ... within 0.6 s: a handful of streams, not thousands.
-    assert 3 <= len(servicer.requests) <= 8
+    # Every stream is followed by one backoff (no hot loop), capped at max_backoff.
+    assert sleeps.delays == [0.05, 0.1, 0.1, 0.1, 0.1, 0.1]
+    assert len(servicer.requests) == len(sleeps.delays)
+
+
+async def test_a_message_resets_the_backoff_and_the_count_of_failures_in_a_row() -> None:
+    servicer = _ScriptedWatch(
+        [
+            ([], grpc.StatusCode.UNAVAILABLE),
+            ([], grpc.StatusCode.UNAVAILABLE),
+            ([pb.WatchRunsResponse(revision=5, events=[_added("r5", 5)])], None),
+            ([], grpc.StatusCode.UNAVAILABLE),
+            ([], grpc.StatusCode.INTERNAL),
+        ]
+    )
+    server, address = await _serve(servicer)
+    sleeps = Sleeps()
+    items: list[WatchItem] = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = run_control_pb2_grpc.RunControlStub(channel)
+            watch = scripted_watch(
+                stub, pb.WatchRunsRequest(start_revision=3), sleeps, max_reconnects=2
+            )
+            with pytest.raises(RunControlError) as ended:
+                await drain(watch, 10, items)
+    finally:
+        await server.stop(0)
+    # Four interruptions, but never more than two in a row: the watch ends with the
+    # error that is not retried, not with UNAVAILABLE.
+    assert ended.value.code is grpc.StatusCode.INTERNAL
+    assert sleeps.delays == [0.1, 0.2, 0.1, 0.2]
+    assert [r.start_revision for r in servicer.requests] == [3, 3, 3, 6, 6]
+    assert [(type(i), getattr(i, "revision", None)) for i in items] == [(WatchEvent, 5)]
 
 
 async def test_initial_set_cut_off_half_way_is_completed_by_a_resync() -> None:
@@ -399,3 +493,112 @@ async def test_initial_set_cut_off_half_way_is_completed_by_a_resync() -> None:
         (False, 8),  # resumed after the last delivered revision
     ]
     assert not [i for i in items if isinstance(i, Bookmark)]
+
+
+class _FirstStreamFails(_ScriptedWatch):
+    """A scripted WatchRuns whose first stream, after its scripted messages, ends the way
+    the server ends one: `code` with an ErrorInfo of `reason` and `metadata`."""
+
+    def __init__(
+        self,
+        script: list[tuple[list[pb.WatchRunsResponse], grpc.StatusCode | None]],
+        code: grpc.StatusCode,
+        reason: str,
+        metadata: dict[str, str],
+    ) -> None:
+        super().__init__(script)
+        self.code, self.reason, self.metadata = code, reason, metadata
+
+    async def WatchRuns(
+        self, request: pb.WatchRunsRequest, context: Any
+    ) -> AsyncIterator[pb.WatchRunsResponse]:
+        first = not self.requests
+        async for message in super().WatchRuns(request, context):
+            yield message
+        if first:
+            info = error_details_pb2.ErrorInfo(
+                reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
+            )
+            detail = any_pb2.Any()
+            detail.Pack(info)
+            status = status_pb2.Status(
+                code=self.code.value[0], message=self.reason, details=[detail]
+            )
+            context.set_trailing_metadata(((STATUS_DETAILS_KEY, status.SerializeToString()),))
+            await context.abort(self.code, self.reason)
+
+
+async def test_a_compacted_position_is_re_listed_at_once_and_delivered_whole() -> None:
+    servicer = _FirstStreamFails(
+        [
+            ([pb.WatchRunsResponse(revision=5, events=[_added("r5", 5)])], None),
+            (
+                [
+                    pb.WatchRunsResponse(revision=9, events=[_added("r1", 1)]),
+                    pb.WatchRunsResponse(revision=9, events=[_added("r9", 9)]),
+                    pb.WatchRunsResponse(revision=9, end_of_initial_set=True),
+                    pb.WatchRunsResponse(revision=10, events=[_added("r10", 10)]),
+                ],
+                grpc.StatusCode.INTERNAL,
+            ),
+        ],
+        grpc.StatusCode.OUT_OF_RANGE,
+        "REVISION_COMPACTED",
+        {"compact_revision": "7"},
+    )
+    server, address = await _serve(servicer)
+    sleeps = Sleeps()
+    items: list[WatchItem] = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = run_control_pb2_grpc.RunControlStub(channel)
+            watch = scripted_watch(stub, pb.WatchRunsRequest(start_revision=3), sleeps)
+            with pytest.raises(RunControlError) as ended:
+                await drain(watch, 10, items)
+    finally:
+        await server.stop(0)
+    assert ended.value.code is grpc.StatusCode.INTERNAL
+    assert [(r.send_initial, r.start_revision) for r in servicer.requests] == [
+        (False, 3),
+        (True, 0),  # the re-list, at once: nothing to back off from
+    ]
+    assert sleeps.delays == []
+    first, resynced, last = items
+    assert isinstance(first, WatchEvent) and first.revision == 5
+    # The snapshot is held back until complete, then handed over whole.
+    assert isinstance(resynced, Resynced)
+    assert (resynced.revision, [r.run_id for r in resynced.runs]) == (9, ["r1", "r9"])
+    assert resynced.reason == "the watch fell behind the server's history"
+    assert isinstance(last, WatchEvent) and last.revision == 10
+
+
+@pytest.mark.parametrize("bookmarks", [False, True])
+async def test_progress_and_shutting_down_move_the_position_bookmarks_only_when_asked(
+    bookmarks: bool,
+) -> None:
+    # A watch "from now" with nothing to pin it: the draining server's resume revision
+    # anchors it, then a progress message moves it on.
+    servicer = _FirstStreamFails(
+        [
+            ([], None),
+            ([pb.WatchRunsResponse(revision=9, progress_only=True)], grpc.StatusCode.UNAVAILABLE),
+            ([], grpc.StatusCode.INTERNAL),
+        ],
+        grpc.StatusCode.UNAVAILABLE,
+        "SHUTTING_DOWN",
+        {"revision": "7", "resume_revision": "8"},
+    )
+    server, address = await _serve(servicer)
+    sleeps = Sleeps()
+    items: list[WatchItem] = []
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = run_control_pb2_grpc.RunControlStub(channel)
+            watch = scripted_watch(stub, pb.WatchRunsRequest(), sleeps, bookmarks=bookmarks)
+            with pytest.raises(RunControlError) as ended:
+                await drain(watch, 10, items)
+    finally:
+        await server.stop(0)
+    assert ended.value.code is grpc.StatusCode.INTERNAL
+    assert [r.start_revision for r in servicer.requests] == [0, 8, 10]
+    assert items == ([Bookmark(9)] if bookmarks else [])

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import grpc
 import pytest
-from _streams import until as until_settled
+from _streams import until
 from google.protobuf.duration_pb2 import Duration
 
 from runcontrol.testing import serve_in_process
@@ -32,10 +32,6 @@ from runcontrol_server.domain.model import Run
 from runcontrol_server.stores.memory import InMemoryRunStore
 
 SETTLE_TIMEOUT = 20.0
-
-
-async def until(condition: Callable[[], bool], what: str) -> None:
-    await until_settled(condition, what, within=SETTLE_TIMEOUT)
 
 
 class FakeTime:
@@ -211,9 +207,61 @@ async def test_sweep_reports_the_next_due_time() -> None:
     assert store.sizes()["deadlines"] == 0
 
 
+async def test_sweep_ends_lapsed_leases_and_reports_the_next_lapse() -> None:
+    clock = FakeTime()
+    store = InMemoryRunStore(clock=MonotonicClock(clock))
+    manager = RunManager(store, retention=None)
+    janitor = manager.janitor
+    lost = (await manager.create_run("t1")).run.run_id
+    again = (await manager.create_run("t2", max_attempts=2)).run.run_id
+    await manager.set_status(
+        lost, RunStatus.RUNNING, worker_id="w1", lease_ttl=timedelta(seconds=30)
+    )
+    clock.now += timedelta(seconds=10)
+    await manager.set_status(
+        again, RunStatus.RUNNING, worker_id="w2", lease_ttl=timedelta(seconds=30)
+    )
+    assert await janitor.sweep() == timedelta(seconds=20)  # the first lease lapses first
+    clock.now += timedelta(seconds=5)
+    await manager.renew_lease(lost, "w1")  # lapses 30 s from now instead
+    assert await janitor.sweep() == timedelta(seconds=25)  # now the second one is first
+    clock.now += timedelta(seconds=25)
+    assert await janitor.sweep() == timedelta(seconds=5)
+    assert (await manager.get_run(again)).status is RunStatus.PENDING  # an attempt is left
+    assert (await manager.get_run(lost)).status is RunStatus.RUNNING
+    clock.now += timedelta(seconds=5)
+    assert await janitor.sweep() is None  # nothing pending any more
+    ended = await manager.get_run(lost)
+    assert ended.status is RunStatus.ERROR
+    assert ended.error == "worker lost: the lease of worker 'w1' lapsed (attempt 1 of 1)"
+    assert store.sizes()["leases"] == store.sizes()["lease_heap"] == 0
+
+
+async def test_a_claim_with_an_earlier_lapse_wakes_the_sleeping_janitor() -> None:
+    store = InMemoryRunStore()
+    # An idle janitor would sleep an hour: only the claim's poke can wake it in time.
+    manager = RunManager(store, retention=None, prune_interval=timedelta(hours=1))
+    await manager.start()
+    try:
+        run_id = (await manager.create_run("t1", max_attempts=2)).run.run_id
+        requeued = on_change(
+            manager,
+            lambda c: c.run.status is RunStatus.PENDING and c.prev_status is RunStatus.RUNNING,
+        )
+        await manager.set_status(
+            run_id, RunStatus.RUNNING, worker_id="w", lease_ttl=timedelta(seconds=1)
+        )
+        async with asyncio.timeout(SETTLE_TIMEOUT):
+            await requeued.wait()
+        assert (await manager.get_run(run_id)).worker_id is None
+    finally:
+        await manager.close()
+
+
 async def test_a_busy_store_does_not_wake_the_janitor_per_change() -> None:
     store = InMemoryRunStore()
-    manager = RunManager(store)  # retention 300 s: nothing falls due during this test
+    # Retention 300 s, and no periodic round for an hour: nothing falls due in this test.
+    manager = RunManager(store, prune_interval=timedelta(hours=1))
     await manager.start()
     try:
         await until(lambda: manager.janitor.rounds >= 1, "the first round ran")
@@ -222,7 +270,8 @@ async def test_a_busy_store_does_not_wake_the_janitor_per_change() -> None:
             run = (await manager.create_run(f"t{i}", run_timeout=timedelta(hours=1))).run
             await manager.set_status(run.run_id, RunStatus.ERROR)
             await asyncio.sleep(0)  # give the janitor every chance to run
-        # At most one periodic (history-pruning) round may fall into the loop above.
+        # The first finish brings the next due time (its purge) forward: one wake-up.
+        # Every later change falls due after it, so wakes nobody.
         assert manager.janitor.rounds - rounds <= 1
     finally:
         await manager.close()
@@ -304,24 +353,52 @@ async def test_start_and_stop_are_idempotent_and_leave_no_task() -> None:
 # --- bounded memory --------------------------------------------------------------------
 
 
+async def sweep_until_idle(janitor: Janitor) -> None:
+    """Janitor rounds until one finds less than a full batch to do (as its loop would)."""
+    for _ in range(1000):  # bounded
+        if await janitor.sweep() != timedelta(0):
+            return
+    raise AssertionError("the janitor never caught up")
+
+
 async def test_100k_finished_runs_leave_memory_back_near_empty() -> None:
-    store = InMemoryRunStore(history_max_age=timedelta(milliseconds=200))
-    manager = RunManager(
-        store, retention=timedelta(milliseconds=100), prune_interval=timedelta(milliseconds=50)
-    )
-    await manager.start()
+    clock = FakeTime()
+    history_max_age = timedelta(seconds=2)
+    store = InMemoryRunStore(clock=MonotonicClock(clock), history_max_age=history_max_age)
+    retention = timedelta(seconds=1)
+    manager = RunManager(store, retention=retention)
+    # Not started: the janitor's rounds are driven here, on the fake clock.
+    step, sweep_every = timedelta(milliseconds=1), 1000
+    kept = retention // step  # the runs that finished within the retention period
     try:
-        peak = 0
+        peaks: list[int] = []
         for i in range(100_000):
+            clock.now += step
             run = (await manager.create_run(f"t{i % 1000}", request_id=f"r{i}")).run
             await manager.set_status(run.run_id, RunStatus.ERROR)
-            if i % 1000 == 999:
-                peak = max(peak, store.sizes()["runs"])
-                await asyncio.sleep(0)  # a real server yields between calls
-        assert peak > 0  # retention had something to do while runs were being made
-        await until(lambda: not any(store.sizes().values()), f"empty, not {store.sizes()}")
+            if i % sweep_every == sweep_every - 1:
+                peaks.append(store.sizes()["runs"])
+                await sweep_until_idle(manager.janitor)
+                # Exactly the last `kept` runs are left: none deleted early, none kept late.
+                assert store.sizes()["runs"] == kept, i
+        # Memory stayed bounded while the runs were being made: never 100k runs at once.
+        assert max(peaks) == kept + sweep_every
+        clock.now += retention + step
+        await sweep_until_idle(manager.janitor)  # the last runs go
+        clock.now += history_max_age + step
+        await sweep_until_idle(manager.janitor)  # so do the changes that deleted them
         assert store.sizes() == dict.fromkeys(
-            ("runs", "threads", "requests", "history", "deadlines", "finished"), 0
+            (
+                "runs",
+                "threads",
+                "requests",
+                "history",
+                "deadlines",
+                "leases",
+                "lease_heap",
+                "finished",
+            ),
+            0,
         )
         assert manager.waiters.count == 0
     finally:

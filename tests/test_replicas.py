@@ -117,29 +117,40 @@ async def create(
     stub: RunControlAsyncStub,
     thread_id: str,
     strategy: run_pb2.MultitaskStrategy.ValueType = REJECT,
+    *,
+    deadline: float = CALL,
 ) -> pb.CreateRunResponse:
     request = pb.CreateRunRequest(thread_id=thread_id, multitask_strategy=strategy)
-    response: pb.CreateRunResponse = await stub.CreateRun(request, timeout=CALL)
+    response: pb.CreateRunResponse = await stub.CreateRun(request, timeout=deadline)
     return response
 
 
 async def set_status(
-    stub: RunControlAsyncStub, run_id: str, status: run_pb2.RunStatus.ValueType, worker_id: str
+    stub: RunControlAsyncStub,
+    run_id: str,
+    status: run_pb2.RunStatus.ValueType,
+    worker_id: str,
+    *,
+    deadline: float = CALL,
 ) -> pb.SetRunStatusResponse:
     request = pb.SetRunStatusRequest(run_id=run_id, status=status, worker_id=worker_id)
-    response: pb.SetRunStatusResponse = await stub.SetRunStatus(request, timeout=CALL)
+    response: pb.SetRunStatusResponse = await stub.SetRunStatus(request, timeout=deadline)
     return response
 
 
-async def cancel(stub: RunControlAsyncStub, run_id: str) -> pb.CancelRunResponse:
+async def cancel(
+    stub: RunControlAsyncStub, run_id: str, *, deadline: float = CALL
+) -> pb.CancelRunResponse:
     response: pb.CancelRunResponse = await stub.CancelRun(
-        pb.CancelRunRequest(run_id=run_id), timeout=CALL
+        pb.CancelRunRequest(run_id=run_id), timeout=deadline
     )
     return response
 
 
-async def get(stub: RunControlAsyncStub, run_id: str) -> run_pb2.RunRecord:
-    response = await stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=CALL)
+async def get(
+    stub: RunControlAsyncStub, run_id: str, *, deadline: float = CALL
+) -> run_pb2.RunRecord:
+    response = await stub.GetRun(pb.GetRunRequest(run_id=run_id), timeout=deadline)
     record: run_pb2.RunRecord = response.run
     return record
 
@@ -633,7 +644,9 @@ async def test_sigkilled_replica_loses_no_acknowledged_create(pg_url: str) -> No
 
 # --------------------------------------------------------------------------- 7
 
-OUTAGE_CALL = 12.0  # a call during the outage must answer within this (pool timeout 5 s)
+# The deadline of a call during the outage (the store's pool gives up after 5 s): a
+# server that hung instead of answering STORE_UNAVAILABLE ends it with DEADLINE_EXCEEDED.
+OUTAGE_CALL = 12.0
 RECOVERY_WITHIN = 30.0
 
 
@@ -707,56 +720,60 @@ async def test_database_restart_under_load(outage: str) -> None:
                 await pg.command(outage)
                 acked_before = len(load.acked)
 
-                async def outage_call(name: str, call: Awaitable[Any]) -> tuple[str, Any, float]:
-                    started = time.monotonic()
-                    error = await error_of(call)
-                    return name, error, time.monotonic() - started
+                async def outage_call(name: str, call: Awaitable[Any]) -> tuple[str, Any]:
+                    return name, await error_of(call)
 
                 run_id = load.acked[0].run_id
                 results = list(
                     await asyncio.gather(
-                        outage_call("CreateRun", create(stub, "during")),
-                        outage_call("GetRun", get(stub, run_id)),
-                        outage_call("ListRuns", stub.ListRuns(pb.ListRunsRequest(), timeout=CALL)),
+                        outage_call("CreateRun", create(stub, "during", deadline=OUTAGE_CALL)),
+                        outage_call("GetRun", get(stub, run_id, deadline=OUTAGE_CALL)),
+                        outage_call(
+                            "ListRuns", stub.ListRuns(pb.ListRunsRequest(), timeout=OUTAGE_CALL)
+                        ),
                         outage_call(
                             "HasInflight",
-                            stub.HasInflight(pb.HasInflightRequest(thread_id="x"), timeout=CALL),
+                            stub.HasInflight(
+                                pb.HasInflightRequest(thread_id="x"), timeout=OUTAGE_CALL
+                            ),
                         ),
-                        outage_call("SetRunStatus", set_status(stub, run_id, RUNNING, "w")),
-                        outage_call("CancelRun", cancel(stub, run_id)),
+                        outage_call(
+                            "SetRunStatus",
+                            set_status(stub, run_id, RUNNING, "w", deadline=OUTAGE_CALL),
+                        ),
+                        outage_call("CancelRun", cancel(stub, run_id, deadline=OUTAGE_CALL)),
                     )
                 )
                 # ... and a second wave, once the pool knows its connections are dead.
                 results += await asyncio.gather(
-                    outage_call("GetRun#2", get(stub, run_id)),
-                    outage_call("CreateRun#2", create(stub, "during-2")),
+                    outage_call("GetRun#2", get(stub, run_id, deadline=OUTAGE_CALL)),
+                    outage_call("CreateRun#2", create(stub, "during-2", deadline=OUTAGE_CALL)),
                 )
-                report = [(n, e.code.name, e.reason, round(t, 2)) for n, e, t in results]
+                report = [(n, e.code.name, e.reason) for n, e in results]
                 print(f"during the outage ({outage}):", report)
-                for name, error, elapsed in results:
+                for name, error in results:
+                    # An answer from the server before the call's deadline, not a hang.
                     assert error.code == grpc.StatusCode.UNAVAILABLE, (name, error)
                     assert error.reason == "STORE_UNAVAILABLE", (name, error)
-                    assert elapsed < OUTAGE_CALL, (name, elapsed)
                 assert log.task is not None
                 assert not log.task.done(), "the watch ended during the outage"
                 # At most the creates in flight at the outage were acknowledged since.
                 assert len(load.acked) - acked_before <= LOAD_CREATORS
 
                 await pg.command("start")  # same port
-                started = time.monotonic()
                 attempts = 0
-                while True:
-                    attempts += 1
-                    try:
-                        await get(stub, run_id)
-                        break
-                    except grpc.aio.AioRpcError as error:
-                        failure = from_grpc_error(error)
-                        assert failure.code == grpc.StatusCode.UNAVAILABLE, failure
-                        assert time.monotonic() - started < RECOVERY_WITHIN, "no recovery"
-                        await asyncio.sleep(0.1)
-                recovery = time.monotonic() - started
-                print(f"recovered after {recovery:.2f}s ({attempts} attempts)")
+                # Recovery on its own: bounded against a hang, never timed.
+                async with asyncio.timeout(RECOVERY_WITHIN):
+                    while True:
+                        attempts += 1
+                        try:
+                            await get(stub, run_id)
+                            break
+                        except grpc.aio.AioRpcError as error:
+                            failure = from_grpc_error(error)
+                            assert failure.code == grpc.StatusCode.UNAVAILABLE, failure
+                            await asyncio.sleep(0.1)  # pacing only
+                print(f"recovered after {attempts} attempts")
                 # The load goes on by itself.
                 target = len(load.acked) + 50
                 async with asyncio.timeout(20):

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 import pytest
 from _server_process import EXIT_TIMEOUT, server_process
+from _streams import until
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -33,10 +34,9 @@ from runcontrol_server.config import Settings
 from runcontrol_server.domain import RunStatus
 
 CALL_TIMEOUT = 5.0
-GRACE = 5.0
-# Nothing holds the server once streams and waits are ended, so it must exit long
-# before the grace period would have run out.
-PROMPT_EXIT = 2.0
+# An hour: nothing holds the server once streams and waits are ended, so it exits
+# within EXIT_TIMEOUT; one that waited for the grace period could not.
+GRACE = 3600.0
 MAX_MESSAGES = 10_000
 # Runs of ~60 KB each: more than a stream's flow-control windows hold.
 BIG_RUNS = 200  # every read loop is bounded; each read is bounded too
@@ -137,7 +137,6 @@ async def test_signal_ends_streams_and_waits_with_resume_revisions_then_exits_0(
     async with server_process("--listen", "127.0.0.1:0", "--grace-period", str(GRACE)) as server:
         async with grpc.aio.insecure_channel(server.address) as channel:
             stub = pb_grpc.RunControlStub(channel)
-            loop = asyncio.get_running_loop()
 
             # Some history before any stream opens; `waited` is waited on later.
             first = await _create(stub, "alpha")
@@ -218,11 +217,8 @@ async def test_signal_ends_streams_and_waits_with_resume_revisions_then_exits_0(
             )
             assert (await _next_health(health)) == SERVING
 
-            exited_at: list[float] = []
-            sent_at = loop.time()
             server.proc.send_signal(signum)
             exiting = asyncio.ensure_future(server.proc.wait())
-            exiting.add_done_callback(lambda _: exited_at.append(loop.time()))
 
             # The drain begins with NOT_SERVING, before any stream or wait is ended.
             assert (await _next_health(health)) == NOT_SERVING
@@ -265,23 +261,12 @@ async def test_signal_ends_streams_and_waits_with_resume_revisions_then_exits_0(
             assert late.reason in ("SHUTTING_DOWN", "")
 
         assert await asyncio.wait_for(exiting, EXIT_TIMEOUT) == 0
-        elapsed = exited_at[0] - sent_at
-        assert elapsed < PROMPT_EXIT, f"exit took {elapsed:.2f}s (grace {GRACE}s)"
         assert await server.stdout_rest == b"", "stdout carries only the listening line"
         err = await server.stderr
         assert b"Traceback" not in err, err.decode()
 
 
 # --- in process: what the exited process can no longer show ------------------------------
-
-
-async def _until(condition: Callable[[], bool], what: str) -> None:
-    """Bounded wait for server-side state no event announces (a wait registered)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + CALL_TIMEOUT
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.005)
 
 
 async def test_drain_ends_streams_and_waits_and_leaves_the_attached_run_running() -> None:
@@ -296,7 +281,7 @@ async def test_drain_ends_streams_and_waits_and_leaves_the_attached_run_running(
             stub.WaitRun(pb.WaitRunRequest(run_id=continue_run.run_id, attach=True), timeout=30),
             stub.WaitRun(pb.WaitRunRequest(run_id=attached_run.run_id), timeout=30),
         ]
-        await _until(lambda: manager.waiters.waiter_count == 3, "the waits are registered")
+        await until(lambda: manager.waiters.waiter_count == 3, "the waits are registered")
         revision = await manager.revision()
 
         await server.server.begin_drain()

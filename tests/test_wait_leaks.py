@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Callable
-from typing import Any
-
-from _streams import until as until_settled
+from _streams import task_census, until
 
 from runcontrol.testing import serve_in_process
 from runcontrol.v1 import run_control_pb2 as pb
@@ -17,22 +13,9 @@ BATCH = 1_000  # open at once: bounds sockets, memory and the time of one round
 SETTLE_TIMEOUT = 30.0
 
 
-async def until(condition: Callable[[], bool], what: str) -> None:
-    await until_settled(condition, what, within=SETTLE_TIMEOUT)
-
-
-def new_tasks(before: set[asyncio.Task[Any]]) -> set[asyncio.Task[Any]]:
-    """Tasks started since `before` and still alive, except the one grpc keeps
-    waiting for the next incoming call (it is replaced by a new task per call)."""
-    return {
-        task
-        for task in asyncio.all_tasks() - before
-        if "_request_registered_call" not in repr(task)
-    }
-
-
 async def test_10k_cancelled_waits_leave_nothing_behind() -> None:
     async with serve_in_process() as server:
+        tasks_before = task_census()  # before any call: long-lived tasks only
         stub, manager = server.stub, server.manager
         waiters, history = manager.waiters, manager.feed.history
         # CONTINUE runs: attached waits going away take the detach path without
@@ -47,7 +30,6 @@ async def test_10k_cancelled_waits_leave_nothing_behind() -> None:
             ).run
             for i in range(10)
         ]
-        tasks_before = asyncio.all_tasks()
         history_before = (len(history), history.head_revision)
 
         for start in range(0, CALLS, BATCH):
@@ -58,17 +40,28 @@ async def test_10k_cancelled_waits_leave_nothing_behind() -> None:
                 )
                 for i in range(start, start + BATCH)
             ]
-            await until(lambda: waiters.waiter_count == BATCH, f"{BATCH} waits are registered")
+            await until(
+                lambda: waiters.waiter_count == BATCH,
+                f"{BATCH} waits are registered",
+                within=SETTLE_TIMEOUT,
+            )
             assert waiters.count == len(runs)  # one shared future per run, not per call
             for call in calls:
                 call.cancel()
-            await until(lambda: waiters.waiter_count == 0, "every wait saw its cancellation")
+            await until(
+                lambda: waiters.waiter_count == 0,
+                "every wait saw its cancellation",
+                within=SETTLE_TIMEOUT,
+            )
             assert all(call.cancelled() for call in calls)
 
         await manager.wait_detach_cancels()
         assert (waiters.count, waiters.waiter_count) == (0, 0)
-        await until(lambda: not new_tasks(tasks_before), "the calls' tasks are gone")
-        assert len(asyncio.all_tasks()) <= len(tasks_before)
+        await until(
+            lambda: task_census() <= tasks_before,
+            "the calls' tasks are gone",
+            within=SETTLE_TIMEOUT,
+        )
         assert (len(history), history.head_revision) == history_before
         for run in runs:
             got = await stub.GetRun(pb.GetRunRequest(run_id=run.run_id))

@@ -16,12 +16,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import tracemalloc
+from collections import Counter
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import grpc
 import pytest
-from _streams import read, until
+from _streams import read, task_census, until
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
@@ -99,14 +100,14 @@ async def test_start_revision_zero_streams_from_now(server: InProcessServer) -> 
 
 
 async def test_zero_progress_interval_means_the_server_default() -> None:
-    manager = RunManager(InMemoryRunStore(), progress_interval=0.1)
+    default = 0.125  # the server's, unlike any other interval in play here
+    manager = RunManager(InMemoryRunStore(), progress_interval=default)
     async with serve_in_process(manager=manager) as server:
         call = server.stub.WatchRuns(pb.WatchRunsRequest(progress_interval=Duration()))
-        loop = asyncio.get_running_loop()
-        started = loop.time()
-        message = await read(call)
+        message = await read(call)  # "never" would leave this read to time out
         assert message.progress_only and message.revision == 0
-        assert loop.time() - started < 2  # the 0.1 s default, not "never"
+        (watcher,) = manager.watch_hub.watchers
+        assert watcher.progress_interval == default
         call.cancel()
 
 
@@ -137,31 +138,19 @@ async def test_cancelling_an_idle_stream_frees_its_watcher_at_once(
     server: InProcessServer,
 ) -> None:
     hub = server.manager.watch_hub
-    tasks_before = asyncio.all_tasks()
+    tasks_before = task_census()  # before any call: long-lived tasks only
     # An hour between progress messages and no writes: nothing would wake the watcher,
-    # so only the cancellation itself can free it.
+    # so only the cancellation itself can free it (the bounded wait below is far shorter).
     call = server.stub.WatchRuns(
         pb.WatchRunsRequest(send_initial=True, progress_interval=Duration(seconds=3600))
     )
     assert (await read(call)).end_of_initial_set
     assert hub.count == 1
-    loop = asyncio.get_running_loop()
-    started = loop.time()
     call.cancel()
     async with asyncio.timeout(CALL_TIMEOUT):
         await hub.wait_closed()
-    assert loop.time() - started < 1.0
     assert hub.count == 0
-    await until(
-        lambda: (
-            not [
-                t
-                for t in asyncio.all_tasks() - tasks_before
-                if "_request_registered_call" not in repr(t)
-            ]
-        ),
-        "the stream's handler task is gone",
-    )
+    await until(lambda: task_census() <= tasks_before, "the stream's handler task is gone")
 
 
 async def test_cancelling_a_stalled_stream_frees_its_watcher_at_once(
@@ -176,7 +165,8 @@ async def test_cancelling_a_stalled_stream_frees_its_watcher_at_once(
     (watcher,) = hub.watchers
     assert watcher.revision < await server.manager.revision(), "the stream is not stalled"
     stalled.cancel()
-    async with asyncio.timeout(1.0):
+    # Blocked on a full window, nothing but the cancellation can end its handler.
+    async with asyncio.timeout(CALL_TIMEOUT):
         await hub.wait_closed()
     assert hub.count == 0
 
@@ -247,14 +237,16 @@ class CountingStore(InMemoryRunStore):
 
     def __init__(self) -> None:
         super().__init__()
-        self.reads = 0
+        self.reads: Counter[str] = Counter()
 
     async def get_run(self, run_id: str) -> Run:
-        self.reads += 1
+        self.reads[run_id] += 1
         return await super().get_run(run_id)
 
 
-async def test_many_waiters_cost_one_shared_wake_up_and_no_polling() -> None:
+async def test_many_waiters_cost_one_shared_wake_up_and_no_polling(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     store = CountingStore()
     async with serve_in_process(manager=RunManager(store)) as server:
         waiters = server.manager.waiters
@@ -265,15 +257,23 @@ async def test_many_waiters_cost_one_shared_wake_up_and_no_polling() -> None:
         ]
         await until(lambda: waiters.waiter_count == 100, "all 100 waits are registered")
         assert waiters.count == 1  # one shared future for the run
-        assert store.reads == 100  # one read each, on entry
-        # Time passes (a measurement window, not a synchronization): a poller would read.
-        await asyncio.sleep(0.5)
-        assert store.reads == 100
+        assert store.reads[run.run_id] == 100  # one read each, on entry
+        # Other runs change: a waiter woken by every change would read its run again.
+        other = await create(server.stub, "t2")
+        await server.stub.CancelRun(pb.CancelRunRequest(run_id=other.run_id))
+        # An hour passes on the loop's clock, which every asyncio sleep, timeout and
+        # timer runs by: a waiter that polled would now read its run again.
+        loop = asyncio.get_running_loop()
+        real_time = loop.time
+        monkeypatch.setattr(loop, "time", lambda: real_time() + 3600)
+        for _ in range(10):  # the loop turns that due timers and their reads take
+            await asyncio.sleep(0)
+        assert store.reads[run.run_id] == 100
         await server.stub.CancelRun(pb.CancelRunRequest(run_id=run.run_id))
         responses = await asyncio.gather(*calls)
         assert all(r.done and r.run.status == run_pb2.RUN_STATUS_INTERRUPTED for r in responses)
         # The one wake-up carried the final record: nobody read the run again.
-        assert store.reads == 100
+        assert store.reads[run.run_id] == 100
         assert (waiters.count, waiters.waiter_count) == (0, 0)
 
 
@@ -307,20 +307,15 @@ async def test_one_scheduler_for_all_deadlines_no_task_or_timer_per_run(
         scheduled: list[object] = getattr(loop, "_scheduled")  # noqa: B009
         return len(scheduled)
 
-    def our_tasks() -> set[asyncio.Task[Any]]:
-        return {t for t in asyncio.all_tasks() if "_request_registered_call" not in repr(t)}
-
+    tasks_before = task_census()  # before any call: long-lived tasks only
     await create(server.stub, "warm-up", timeout=Duration(seconds=7200))
-    tasks_before, timers_before = our_tasks(), timers()
+    timers_before = timers()
     runs = [
         await create(server.stub, f"t{i}", timeout=Duration(seconds=3600 + i)) for i in range(500)
     ]
     assert all(run.HasField("deadline") for run in runs)
     # The calls' own tasks end with their calls; a task per deadline would stay.
-    await until(
-        lambda: our_tasks() <= tasks_before | {asyncio.current_task()},
-        "no task outlives its call",
-    )
+    await until(lambda: task_census() <= tasks_before, "no task outlives its call")
     assert timers() - timers_before < 10, "a timer per deadline"
     # And the one scheduler does expire them: bring the deadlines into the past.
     soon = [

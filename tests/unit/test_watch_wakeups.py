@@ -4,7 +4,7 @@ progress timer each, batches shared by the watchers of one filter."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import math
 from datetime import UTC, datetime
 from typing import Any
 
@@ -28,6 +28,7 @@ from runcontrol_server.domain.watch import Watcher
 from runcontrol_server.servicer.watch import EventEncoder
 
 NOW = datetime(2024, 1, 1, tzinfo=UTC)
+TICK = 2**-10  # a short step of the stopped loop clock, exact in binary
 ANY = WatchFilter()
 
 
@@ -59,20 +60,40 @@ def create(history: ChangeHistory, thread_id: str = "t1") -> int:
     return revision
 
 
-async def until(condition: Callable[[], bool], what: str, within: float = 2.0) -> None:
-    """Bounded wait for state no event announces (e.g. a reader now waiting)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting until {what}"
-        await asyncio.sleep(0.001)
+async def settle() -> None:
+    """Let every ready callback and task run. Nothing here does I/O, so a few loop
+    turns are enough for whatever a change or a timer set off to finish."""
+    for _ in range(10):
+        await asyncio.sleep(0)
 
 
 async def waiting(watcher: Watcher) -> asyncio.Task[WatchBatch]:
     """A task reading the next batch, once it waits (caught up, registered)."""
     task = asyncio.ensure_future(anext(watcher))
-    await until(lambda: watcher.timer_armed, "the reader waits")
+    await settle()
+    assert watcher.timer_armed, "the reader does not wait"
     return task
+
+
+class LoopClock:
+    """The running loop's clock, stopped: it moves only by `advance`, so a timer fires
+    exactly when a test moves the clock past it, never because the machine is slow."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        loop = asyncio.get_running_loop()
+        # A whole second: with steps of 1/2**n seconds every reading is exact.
+        self.now = float(math.ceil(loop.time()))
+        # asyncio schedules and fires every timer by `loop.time()`.
+        monkeypatch.setattr(loop, "time", lambda: self.now)
+
+    async def advance(self, seconds: float) -> None:
+        self.now += seconds
+        await settle()
+
+
+@pytest.fixture
+async def clock(monkeypatch: pytest.MonkeyPatch) -> LoopClock:
+    return LoopClock(monkeypatch)
 
 
 # --- the history's waiter registry -----------------------------------------------------
@@ -150,7 +171,8 @@ async def test_cancelled_waits_leave_no_waiter_registered() -> None:
         assert history.waiter_count == 0
         # Still usable after a cancelled wait: the next change is delivered.
         reading = asyncio.ensure_future(anext(first))
-        await until(lambda: history.waiter_count == 1, "the reader waits again")
+        await settle()
+        assert history.waiter_count == 1, "the reader does not wait again"
         create(history)
         assert (await reading).revision == 1
     assert history.waiter_count == 0 and hub.count == 0
@@ -212,27 +234,25 @@ async def test_shutdown_reaches_waiting_watchers_through_their_own_futures() -> 
 # --- progress without a timer per wait ------------------------------------------------
 
 
-async def test_progress_batch_after_the_interval_without_traffic_and_not_before() -> None:
+async def test_progress_batch_after_the_interval_without_traffic_and_not_before(
+    clock: LoopClock,
+) -> None:
     history = new_history()
     hub = WatchHub(history)
-    loop = asyncio.get_running_loop()
-    interval = 0.1
+    interval = 0.125
     with hub.watch(ANY, progress_interval=interval) as watcher:
-        started = loop.time()
-        batch = await asyncio.wait_for(anext(watcher), 2)
-        elapsed = loop.time() - started
-        assert batch == WatchBatch(0, progress_only=True)
-        assert elapsed >= interval - 0.01
-        # And again, one interval later.
-        started = loop.time()
-        batch = await asyncio.wait_for(anext(watcher), 2)
-        assert batch == WatchBatch(0, progress_only=True)
-        assert loop.time() - started >= interval - 0.01
+        for _ in range(2):  # the first interval, then the next one, counted from there
+            task = await waiting(watcher)
+            await clock.advance(interval - TICK)
+            assert not task.done(), "a progress batch before the interval passed"
+            await clock.advance(TICK)
+            assert task.done(), "no progress batch once the interval passed"
+            assert task.result() == WatchBatch(0, progress_only=True)
         assert history.waiter_count == 0
 
 
 async def test_no_progress_batch_under_steady_traffic_and_one_timer_per_interval(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, clock: LoopClock
 ) -> None:
     history = new_history(max_changes=1000)
     hub = WatchHub(history)
@@ -247,7 +267,8 @@ async def test_no_progress_batch_under_steady_traffic_and_one_timer_per_interval
         return call_later(delay, callback, *args)
 
     monkeypatch.setattr(loop, "call_later", counting_call_later)
-    interval = 0.2
+    interval = 1.0
+    step = interval / 8  # exact in binary: the clock lands on every deadline exactly
     received: list[tuple[float, WatchBatch]] = []
 
     async def read(watcher: Watcher) -> None:
@@ -256,33 +277,37 @@ async def test_no_progress_batch_under_steady_traffic_and_one_timer_per_interval
 
     with hub.watch(ANY, progress_interval=interval) as watcher:
         reader = asyncio.ensure_future(read(watcher))
-        changes = 0
-        steady_until = loop.time() + 3 * interval
-        while loop.time() < steady_until:
+        await settle()
+        changes = 3 * 8  # a change every eighth of an interval, for three intervals
+        for _ in range(changes):
             create(history)
-            changes += 1
-            await asyncio.sleep(interval / 10)
-        await until(lambda: len(received) == changes, "every change is delivered")
+            await settle()
+            await clock.advance(step)
+        assert len(received) == changes, "every change is delivered as it happens"
         assert not [batch for _, batch in received if batch.progress_only]
-        # The timer is re-armed about once per interval, not once per change.
-        assert changes > 10
-        assert 1 <= timers <= 6, (timers, changes)
+        # Armed once, then re-armed once per interval that passed: not once per change.
+        assert 1 <= timers <= 4, (timers, changes)
 
-        # Traffic stops: the progress batch comes one interval after the last delivery.
+        # Traffic stops: the progress batch comes one interval after the last delivery,
+        # not before.
         last_delivery = received[-1][0]
-        await until(lambda: received[-1][1].progress_only, "a progress batch", 5 * interval)
+        await clock.advance(last_delivery + interval - clock.now - step / 2)
+        assert len(received) == changes, "a progress batch before the interval passed"
+        await clock.advance(step / 2)
         at, progress = received[-1]
         assert progress == WatchBatch(history.head_revision, progress_only=True)
-        assert at - last_delivery >= interval - 0.01
+        assert at == last_delivery + interval
         reader.cancel()
         await asyncio.gather(reader, return_exceptions=True)
     assert not watcher.timer_armed and history.waiter_count == 0
 
 
-async def test_timer_firing_while_the_reader_is_busy_leaves_the_progress_to_the_next_read() -> None:
+async def test_timer_firing_while_the_reader_is_busy_leaves_the_progress_to_the_next_read(
+    clock: LoopClock,
+) -> None:
     history = new_history()
     hub = WatchHub(history)
-    with hub.watch(ANY, progress_interval=0.05) as watcher:
+    with hub.watch(ANY, progress_interval=0.125) as watcher:
         create(history)
         task = asyncio.ensure_future(anext(watcher))
         assert (await task).revision == 1
@@ -291,8 +316,9 @@ async def test_timer_firing_while_the_reader_is_busy_leaves_the_progress_to_the_
         task = await waiting(watcher)
         create(history)
         assert (await task).revision == 2
+        assert watcher.timer_armed  # still pending while nobody reads
         # Busy (not reading) past the deadline: the timer fires and finds no waiter.
-        await asyncio.sleep(0.15)
+        await clock.advance(0.25)
         assert not watcher.timer_armed
         assert await asyncio.wait_for(anext(watcher), 1) == WatchBatch(2, progress_only=True)
 
