@@ -164,6 +164,18 @@ async def test_list_by_thread_newest_first(manager: RunManager) -> None:
     assert await manager.list_by_thread("thread-none") == []
 
 
+async def test_list_by_thread_is_stable_when_timestamps_tie(
+    manager: RunManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As the original: with equal created_at, creation order (a stable sort)."""
+    monkeypatch.setattr("runcontrol.compat.deerflow._now_iso", lambda: "2026-01-01T00:00:00+00:00")
+    first = await manager.create("thread-1")
+    second = await manager.create("thread-1")
+    runs = await manager.list_by_thread("thread-1")
+    assert [run.run_id for run in runs] == [first.run_id, second.run_id]
+    assert first.created_at == second.created_at == "2026-01-01T00:00:00+00:00"
+
+
 async def test_cancel(manager: RunManager) -> None:
     record = await manager.create("thread-1")
     await manager.set_status(record.run_id, RunStatus.running)

@@ -22,6 +22,12 @@ Where the original allowed what the service forbids, the nearest legal path is t
   a cancel leaves the run INTERRUPTED (an ERROR with a message by the claiming worker is
   kept as the run's note), a refused move is logged and the record refreshed.
 * `cleanup` of an active run cancels it, then deletes it.
+
+Timestamps are ISO-8601 strings, as in the original. A record this manager created
+keeps the `created_at` of its own clock (`_now_iso`, as the original took it), so
+`list_by_thread` orders it exactly as the original did: newest `created_at` first,
+runs with equal timestamps in creation order. Records learned from the service (runs
+other clients made) carry the service's timestamps.
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -78,6 +84,11 @@ class DisconnectMode(StrEnum):
 
 
 _ACTIVE = (RunStatus.pending, RunStatus.running)
+
+
+def _now_iso() -> str:
+    """The original's clock for `created_at` (tests may pin it)."""
+    return datetime.now(UTC).isoformat()
 
 
 class ConflictError(Exception):
@@ -669,6 +680,11 @@ class RunManager:
         for other in interrupted:
             self._apply(other)
         record = self._apply(snap)
+        # The creator's clock, as the original took it (both, unless the record already
+        # shows a later change another client made).
+        record.created_at = _now_iso()
+        if record.mod_revision == snap.mod_revision:
+            record.updated_at = record.created_at
         # The caller's own objects, as the original kept them (the service's copy went
         # through JSON).
         record.metadata, record.kwargs = metadata, kwargs
@@ -681,7 +697,10 @@ class RunManager:
     async def list_by_thread(self, thread_id: str) -> list[RunRecord]:
         """Return all runs for a given thread, newest first."""
         backend = await self._ready()
-        return [self._apply(snap) for snap in await backend.list_thread(thread_id)]
+        # The service lists newest first; the original sorted by created_at, newest
+        # first, keeping creation order among equal timestamps (a stable sort).
+        records = [self._apply(snap) for snap in reversed(await backend.list_thread(thread_id))]
+        return sorted(records, key=lambda record: record.created_at, reverse=True)
 
     async def set_status(self, run_id: str, status: RunStatus, *, error: str | None = None) -> None:
         """Transition a run to a new status (never raises for a refused move)."""
