@@ -1,13 +1,15 @@
 """Shared by the security tests: tokens, a tokens file, an in-process server with
-TLS and/or authentication on 127.0.0.1, and polling a condition with a bound."""
+TLS and/or authentication on 127.0.0.1, and `eventually` (the shared `until` for a
+check that is a call)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
+
+from _streams import until
 
 from runcontrol_server.app import RunControlServer
 from runcontrol_server.config import Settings
@@ -37,10 +39,9 @@ async def running(settings: Settings) -> AsyncIterator[RunControlServer]:
         await server.stop(grace=0)
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], limit: float = 10.0) -> None:
-    """Wait until `check()` is true, trying every 50 ms for at most `limit` seconds:
-    for effects another process applies at its own moment (a signal's handler)."""
-    async with asyncio.timeout(limit):
-        # Another process's state offers no event to wait on: ask again until true.
-        while not await check():  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
+async def eventually(
+    check: Callable[[], Awaitable[bool]], limit: float = 10.0, *, what: str = "the check holds"
+) -> None:
+    """`until` (tests/_streams.py) for an effect another process applies at its own
+    moment (a signal's handler): its state offers no event to wait on."""
+    await until(check, what, within=limit)

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 import pytest
+from _streams import until
 from conftest import ExpectError
 from google.protobuf.struct_pb2 import Struct
 from hypothesis import given, settings
@@ -89,7 +90,9 @@ async def test_python_client_round_trips_payloads_exactly(client: AsyncClient) -
     assert_exact(deleted.metadata, PAYLOAD)
 
 
-async def test_watch_events_carry_exact_payloads(client: AsyncClient) -> None:
+async def test_watch_events_carry_exact_payloads(
+    server: InProcessServer, client: AsyncClient
+) -> None:
     seen: asyncio.Queue[Any] = asyncio.Queue()
 
     async def follow() -> None:
@@ -98,7 +101,10 @@ async def test_watch_events_carry_exact_payloads(client: AsyncClient) -> None:
 
     task = asyncio.create_task(follow())
     try:
-        await asyncio.sleep(0.2)  # the watch is pinned before the create
+        # A watch "from now" pins the store revision, then opens its stream: once the
+        # server holds the stream, the create comes after the pin and is delivered.
+        hub = server.manager.watch_hub
+        await until(lambda: hub.count == 1, "the watch's stream is open")
         created = await client.create_run("w", metadata=PAYLOAD)
         event = await asyncio.wait_for(seen.get(), 10)
         assert event.run.run_id == created.run_id

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import os
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -44,7 +43,7 @@ REQUESTS = int(os.environ.get("RUNCONTROL_FUZZ_REQUESTS", "10000"))
 CONCURRENCY = 64  # calls in flight at once
 CALL_DEADLINE = 10.0  # every call's own gRPC deadline
 FIRST_MESSAGE_WAIT = 0.5  # a stream that says nothing this long is open and valid
-FLOOD_BUDGET = 180.0  # the whole flood; reaching it is a hang
+FLOOD_BUDGET = 180.0  # hang guard for the whole flood, never a measure of its speed
 MAX_LOG_LINES = 5  # "a handful": the malformed-request warning is one per 10 s
 PRE_FLOOD_THREADS = tuple(f"pre-flood-{i}" for i in range(4))  # no hostile id can be one
 
@@ -226,8 +225,13 @@ async def flood(channel: grpc.aio.Channel, work: Iterator[tuple[str, Method, byt
             if kind == "aimed" and code != "INVALID_ARGUMENT":
                 tally.wrong.append(f"aimed {method.path} {data[:60]!r} was not refused: {code}")
 
-    async with asyncio.timeout(FLOOD_BUDGET):
-        await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    try:
+        async with asyncio.timeout(FLOOD_BUDGET):
+            await asyncio.gather(*(worker() for _ in range(CONCURRENCY)))
+    except TimeoutError:
+        # Only a guard: generous enough for any machine, it stops a hung call from
+        # hanging the suite. How long the flood took is never asserted.
+        raise AssertionError(f"hang: the flood did not end within {FLOOD_BUDGET:g} s") from None
     return tally
 
 
@@ -269,11 +273,9 @@ async def test_hostile_requests_on_every_method(
     before = await snapshot(hostile_server)
     server_log.records.clear()
 
-    started = time.perf_counter()
     work = requests(random.Random(seed), run_ids)
     tally = await flood(hostile_server.channel, work)
-    seconds = time.perf_counter() - started
-    print(f"{sum(tally.codes.values())} calls in {seconds:.1f} s; codes {dict(tally.codes)}")
+    print(f"{sum(tally.codes.values())} calls; codes {dict(tally.codes)}")
     print(f"reasons {dict(tally.reasons)}")
     for (kind, code), count in sorted(tally.by_kind.items()):
         print(f"  {kind:16} {code:20} {count}")

@@ -8,7 +8,6 @@ and waiters, revisions, janitor lag.
 from __future__ import annotations
 
 import asyncio
-import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +23,7 @@ from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_pb2
 from runcontrol_server.app import ListenError, RunControlServer
 from runcontrol_server.config import Settings, parse_settings
+from runcontrol_server.domain import janitor as janitor_module
 from runcontrol_server.domain.errors import StoreUnavailable
 from runcontrol_server.domain.manager import RunManager
 from runcontrol_server.domain.model import ChangeSet, Run, RunStatus
@@ -272,19 +272,37 @@ def test_metrics_listen_setting() -> None:
         parse_settings(["--metrics-listen", ":9464"], {})
 
 
-async def test_janitor_lag_shows_a_starved_event_loop() -> None:
-    manager = RunManager(InMemoryRunStore(), prune_interval=timedelta(milliseconds=10))
+class _StoppedClock:
+    """Stands in for the `time` module of the janitor, which measures its lag with
+    `time.monotonic()`: stopped, it moves only when the test moves it."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def monotonic(self) -> float:
+        return self.now
+
+
+async def test_janitor_lag_shows_a_starved_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A starved event loop runs the janitor's round after it fell due. Here the janitor's
+    # clock passes the due time while the round does not run (no real starvation, no
+    # sleep): the lag reads how far past due the round is, then how late it began.
+    clock = _StoppedClock()
+    monkeypatch.setattr(janitor_module, "time", clock)
+    hour = timedelta(hours=1)
+    manager = RunManager(InMemoryRunStore(), prune_interval=hour)  # a round, then an hour
     await manager.start()
     try:
         janitor = manager.janitor
-        rounds = janitor.rounds
-        await until(lambda: janitor.rounds > rounds, "a janitor round")
-        assert janitor.lag < 1.0
-        # Block the loop past the janitor's due time: the cause of lag, not a proof of it.
-        time.sleep(0.3)  # noqa: ASYNC251
-        assert janitor.lag >= 0.25  # read while its round is overdue
-        rounds = janitor.rounds
-        await until(lambda: janitor.rounds > rounds, "a janitor round")
-        assert janitor.last_lag >= 0.25  # that round began late by as much
+        # The in-memory store never awaits: a finished round is a janitor asleep.
+        await until(lambda: janitor.rounds == 1, "the first round")
+        assert janitor.lag == 0.0  # due in an hour
+        clock.now += hour.total_seconds() + 0.25
+        assert janitor.lag == pytest.approx(0.25)  # due, and not run yet
+        # A deadline earlier than the hour wakes the janitor: its round begins late.
+        await manager.create_run("t", run_timeout=timedelta(minutes=5))
+        await until(lambda: janitor.rounds == 2, "the round the create woke")
+        assert janitor.last_lag == pytest.approx(0.25)
+        assert janitor.lag == pytest.approx(0.25)  # asleep again: the last round's lag
     finally:
         await manager.close()

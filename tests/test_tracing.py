@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable, Iterator, Sequence
 
 import grpc
 import pytest
+from _streams import until
 
 pytest.importorskip("opentelemetry.instrumentation.grpc")
 
@@ -54,13 +54,16 @@ def spans() -> Iterator[InMemorySpanExporter]:
 async def finished(
     exporter: InMemorySpanExporter, condition: Callable[[Sequence[ReadableSpan]], bool]
 ) -> Sequence[ReadableSpan]:
-    """The finished spans once `condition` holds (bounded wait: a stream's span ends
-    when the server notices the client went away)."""
-    deadline = time.monotonic() + WAIT
-    while not condition(spans := exporter.get_finished_spans()):
-        assert time.monotonic() < deadline, [s.name for s in spans]
-        await asyncio.sleep(0.01)
-    return spans
+    """The finished spans once `condition` holds: a stream's span ends when the server
+    notices the client went away, which no message announces."""
+    try:
+        await until(
+            lambda: condition(exporter.get_finished_spans()), "the awaited spans end", within=WAIT
+        )
+    except AssertionError as error:
+        names = [span.name for span in exporter.get_finished_spans()]
+        raise AssertionError(f"{error}; finished: {names}") from None
+    return exporter.get_finished_spans()
 
 
 def server_spans(spans: Sequence[ReadableSpan], method: str) -> list[ReadableSpan]:
