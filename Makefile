@@ -14,6 +14,8 @@ BUF := $(TOOLS)/node_modules/.bin/buf
 # Empty: the server's own default (127.0.0.1:50051) or RUNCONTROL_LISTEN decides.
 LISTEN ?=
 PROTO_FILES := $(wildcard protos/runcontrol/v1/*.proto)
+# The Node client loads .proto files at run time; its package ships a copy of protos/.
+NODE_PROTO_DIR := client/node/proto/runcontrol/v1
 # `buf breaking` compares protos/ with the main branch: the local branch when there is
 # one (a fresh clone), else origin/main (a CI checkout of a detached commit); empty
 # outside a git checkout. Override with BUF_AGAINST='<buf input>' (relative to protos/).
@@ -38,11 +40,12 @@ $(STAMP): pyproject.toml | $(PY)
 
 install: $(STAMP) ## create .venv and install the package with its dev dependencies
 
-# Serving needs the runtime dependencies only; the dev install includes them.
+# Serving needs the server's runtime dependencies only (the `server` extra; the package's
+# base dependencies are the client's); the dev install includes them.
 $(RUNTIME_STAMP): pyproject.toml | $(PY)
 	@if [ -f $(STAMP) ] && [ $(STAMP) -nt pyproject.toml ]; then touch $@; else \
 		$(PY) -m pip install --quiet --upgrade pip && \
-		$(PY) -m pip install --quiet -e . && touch $@; fi
+		$(PY) -m pip install --quiet -e '.[server]' && touch $@; fi
 
 $(BUF):
 	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
@@ -80,14 +83,16 @@ lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, buf breaking vs ma
 typecheck: $(STAMP) ## mypy --strict on client and server code
 	$(VENV)/bin/mypy
 
-proto: $(STAMP) ## regenerate client/runcontrol/v1 from protos/
+proto: $(STAMP) ## regenerate client/runcontrol/v1 and the Node package's copy (client/node/proto) from protos/
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 		--python_out=client --grpc_python_out=client --mypy_out=quiet:client --mypy_grpc_out=quiet:client \
 		$(PROTO_FILES)
+	rm -rf $(NODE_PROTO_DIR) && mkdir -p $(NODE_PROTO_DIR) && cp $(PROTO_FILES) $(NODE_PROTO_DIR)/
 
-proto-check: proto ## fail when the committed generated code differs from `make proto`
-	@git diff --exit-code -- client/runcontrol/v1 || { echo 'generated code drifted: run make proto and commit'; exit 1; }
-	@test -z "$$(git status --porcelain -- client/runcontrol/v1)" || { echo 'untracked generated files:'; git status --porcelain -- client/runcontrol/v1; exit 1; }
+GENERATED := client/runcontrol/v1 $(NODE_PROTO_DIR)
+proto-check: proto ## fail when the committed generated code or proto copy differs from `make proto`
+	@git diff --exit-code -- $(GENERATED) || { echo 'generated code drifted: run make proto and commit'; exit 1; }
+	@test -z "$$(git status --porcelain -- $(GENERATED))" || { echo 'untracked or deleted generated files:'; git status --porcelain -- $(GENERATED); exit 1; }
 
 $(VENV)/.installed-bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'

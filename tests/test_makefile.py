@@ -1,4 +1,5 @@
-"""`make serve` and `make help` do what the README says (dry runs: nothing is started)."""
+"""`make serve`, `make proto` and `make help` do what the README says (dry runs: nothing
+is started or written)."""
 
 from __future__ import annotations
 
@@ -37,10 +38,28 @@ def test_serve_leaves_the_address_to_the_server_and_its_environment() -> None:
     assert serve_command("LISTEN=127.0.0.1:7000").endswith("--listen 127.0.0.1:7000")
 
 
-def test_serve_installs_the_runtime_only() -> None:
+def test_serve_installs_the_server_runtime_only() -> None:
+    # The package's base dependencies are the client's: serving needs the `server`
+    # extra, and nothing of the dev set.
     dry = make("-n", "-B", "serve")
-    assert "pip install --quiet -e ." in dry
+    assert "pip install --quiet -e '.[server]'" in dry
     assert "[dev]" not in dry
+
+
+def test_proto_keeps_the_node_packages_copy_and_checks_it() -> None:
+    # The Node client loads .proto files at run time: `make proto` copies protos/ into
+    # its package and `make proto-check` fails when the committed copy differs.
+    dry = make("-n", "-B", "proto-check")
+    protos = sorted(
+        str(p.relative_to(ROOT)) for p in (ROOT / "protos/runcontrol/v1").glob("*.proto")
+    )
+    assert protos
+    (copy,) = [line for line in dry.splitlines() if line.startswith("rm -rf client/node/proto/")]
+    assert copy.endswith(f"cp {' '.join(protos)} client/node/proto/runcontrol/v1/"), copy
+    checks = [line for line in dry.splitlines() if line.startswith(("git diff", "test -z"))]
+    assert len(checks) == 2, dry
+    for line in checks:
+        assert "client/runcontrol/v1 client/node/proto/runcontrol/v1" in line, line
 
 
 def test_help_names_every_target_without_make_syntax() -> None:

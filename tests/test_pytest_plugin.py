@@ -129,3 +129,63 @@ def test_plugin_without_pytest_asyncio(tmp_path: Path) -> None:
     assert result.returncode == 1, out
     assert "1 passed, 1 error" in result.stdout, out
     assert "needs pytest-asyncio" in result.stdout, out
+
+
+def test_fixture_without_the_server_extra(tmp_path: Path) -> None:
+    # `pip install runcontrol` is the client alone: the plugin still loads and other
+    # tests run; the test asking for the fixture fails with the command to run. A
+    # meta-path finder makes prometheus-client (a server-only dependency) unimportable.
+    (tmp_path / "test_plain.py").write_text(
+        textwrap.dedent(
+            """
+            import pytest
+
+
+            def test_unrelated() -> None:
+                assert True
+
+
+            @pytest.mark.asyncio
+            async def test_wants_server(runcontrol_server) -> None:
+                pass
+            """
+        )
+    )
+    refuse_and_run = textwrap.dedent(
+        """
+        import sys
+
+        import pytest
+
+
+        class Refuse:
+            def find_spec(self, name, path=None, target=None):
+                if name.partition(".")[0] == "prometheus_client":
+                    raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+                return None
+
+
+        assert "prometheus_client" not in sys.modules
+        sys.meta_path.insert(0, Refuse())
+        sys.exit(pytest.main(["-p", "no:cacheprovider", "-q", "-rE"]))
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", refuse_and_run],
+        cwd=tmp_path,
+        env={
+            k: v
+            for k, v in os.environ.items()
+            if not k.startswith(("RUNCONTROL_", "PYTEST_", "COV_CORE_"))
+        },
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=PYTEST_TIMEOUT,
+        check=False,
+    )
+    out = result.stdout + result.stderr
+    assert result.returncode == 1, out
+    assert "1 passed, 1 error" in result.stdout, out
+    assert "the runcontrol_server fixture: runcontrol.testing" in result.stdout, out
+    assert "(missing: prometheus-client): pip install 'runcontrol[server]'" in result.stdout, out

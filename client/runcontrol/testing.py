@@ -1,5 +1,11 @@
 """Run a real RunControl server inside the current event loop, for tests.
 
+Needs the server: `pip install 'runcontrol[server]'` (the client alone,
+`pip install runcontrol`, does not bring the server's dependencies; importing this
+module then raises an ImportError that names the command). This is the one module of
+the client package that imports the server package: a re-export of
+`runcontrol_server.testing`, which lives next to the server internals it assembles.
+
 Example::
 
     from runcontrol.testing import serve_in_process
@@ -11,63 +17,13 @@ Example::
             assert response.run.thread_id == "t1"
 
 The server listens on 127.0.0.1 on a free port and speaks real gRPC (HTTP/2,
-serialization, status trailers), so tests see exactly what remote clients see.
+serialization, status trailers), so tests see exactly what remote clients see. In
+pytest, the `runcontrol_server` fixture (registered by the package) is a thin wrapper
+around `serve_in_process()`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from runcontrol_server.testing import InProcessServer, serve_in_process
 
-import grpc
-
-from runcontrol.v1 import run_control_pb2_grpc
-from runcontrol_server.app import RunControlServer, build_manager
-from runcontrol_server.config import Settings
-from runcontrol_server.domain import RunManager, RunStore
-from runcontrol_server.servicer import Limits
-
-
-@dataclass(frozen=True)
-class InProcessServer:
-    """A running in-process server and a client connected to it."""
-
-    address: str
-    channel: grpc.aio.Channel
-    stub: run_control_pb2_grpc.RunControlAsyncStub
-    manager: RunManager
-    server: RunControlServer
-
-
-@asynccontextmanager
-async def serve_in_process(
-    *,
-    store: RunStore | None = None,
-    limits: Limits | None = None,
-    page_token_key: bytes | None = None,
-    manager: RunManager | None = None,
-    settings: Settings | None = None,
-) -> AsyncIterator[InProcessServer]:
-    """Serve RunControl on `127.0.0.1:<free port>` until the block exits.
-
-    The same server `runcontrol-server` runs (health, reflection, draining included).
-    `manager` wins over `store`; otherwise a manager is built from `settings` (retention,
-    watch limits) over `store`, by default a fresh in-memory store. `settings`
-    defaults to `Settings()` with `listen` forced to 127.0.0.1:0. On exit the channel
-    is closed and the server stopped at once (no grace).
-    """
-    settings = dataclasses.replace(settings or Settings(), listen="127.0.0.1:0")
-    if manager is None:
-        manager = build_manager(settings, store)
-    server = RunControlServer(
-        settings, manager=manager, limits=limits, page_token_key=page_token_key
-    )
-    address = await server.start()
-    try:
-        async with grpc.aio.insecure_channel(address) as channel:
-            stub = run_control_pb2_grpc.RunControlStub(channel)
-            yield InProcessServer(address, channel, stub, manager, server)
-    finally:
-        await server.stop(grace=0)
+__all__ = ["InProcessServer", "serve_in_process"]

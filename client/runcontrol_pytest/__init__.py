@@ -15,12 +15,13 @@ that has ``runcontrol`` and ``pytest-asyncio`` installed can ask for it::
             handle = await client.create_run("t1")
             assert handle.run.thread_id == "t1"
 
-The fixture is an async fixture, so it needs pytest-asyncio (any mode). Without it the
-plugin still loads (nothing else in a project breaks); only asking for the fixture
-fails, with a message saying so. The plugin is its own top-level package so that loading
-it imports neither `runcontrol` nor grpc: a project's conftest.py may still configure
-grpc (GRPC_VERBOSITY, fork support) before anything imports it. The server is imported
-on first use only.
+The fixture is an async fixture, so it needs pytest-asyncio (any mode), and it serves
+the real server, so it needs the `server` extra (``pip install 'runcontrol[server]'``).
+Without either the plugin still loads (nothing else in a project breaks); only asking
+for the fixture fails, with a message naming what to install. The plugin is its own
+top-level package so that loading it imports neither `runcontrol` nor grpc: a project's
+conftest.py may still configure grpc (GRPC_VERBOSITY, fork support) before anything
+imports it. The server is imported on first use only.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ async def _serve() -> AsyncIterator[InProcessServer]:
     fixture loop scope (`asyncio_default_fixture_loop_scope`, "function" unless
     configured), which must be the test's loop.
     """
-    from runcontrol.testing import serve_in_process  # the server, on first use only
+    try:
+        from runcontrol.testing import serve_in_process  # the server, on first use only
+    except ImportError as missing:  # no `server` extra: the message names the command
+        pytest.fail(f"the runcontrol_server fixture: {missing}", pytrace=False)
 
     async with serve_in_process() as server:
         yield server

@@ -6,8 +6,7 @@ import gc
 import logging
 import sys
 
-from . import eventloop
-from .config import parse_settings
+from .dependencies import ServerExtraMissing, server_extra_required
 
 log = logging.getLogger("runcontrol_server")
 
@@ -27,11 +26,23 @@ def tune_gc() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Parse settings (exit 2 on bad ones), serve until SIGTERM/SIGINT, return 0."""
-    settings = parse_settings(argv)
-    # Imported only now so `--help` and usage errors stay fast and need no grpc.
-    from .app import ConfigurationError, ListenError, configure_logging, serve
-    from .domain.errors import StoreIncompatible, StoreUnavailable
+    """Parse settings (exit 2 on bad ones), serve until SIGTERM/SIGINT, return 0.
+
+    Exit 2, with the command to run, when the server's own dependencies are missing
+    (`pip install runcontrol` is the client alone: the server is the `server` extra).
+    """
+    try:
+        with server_extra_required("runcontrol-server"):
+            from . import eventloop
+            from .config import parse_settings
+
+            settings = parse_settings(argv)
+            # Imported only now so `--help` and usage errors stay fast.
+            from .app import ConfigurationError, ListenError, configure_logging, serve
+            from .domain.errors import StoreIncompatible, StoreUnavailable
+    except ServerExtraMissing as missing:
+        print(f"runcontrol-server: {missing}", file=sys.stderr)
+        return 2
 
     configure_logging(settings)
     tune_gc()

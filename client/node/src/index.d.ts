@@ -321,7 +321,7 @@ export const ERROR_DOMAIN: 'runcontrol';
 export const STATUS_DETAILS_KEY: 'grpc-status-details-bin';
 /** The request header every call sends with "json": payloads come back as exact JSON text. */
 export const PAYLOAD_FORMAT_HEADER: 'runcontrol-payload-format';
-/** Absolute path of the repository's protos/ directory. */
+/** Absolute path of the package's proto/ directory (a copy of the repository's protos/). */
 export const PROTO_ROOT: string;
 export const LOADER_OPTIONS: Readonly<LoaderOptions>;
 /** Decode a serialized google.rpc.Status; null when malformed. */

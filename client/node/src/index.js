@@ -35,7 +35,9 @@ const { parseJson, stringifyJson } = require('./json');
 
 const ERROR_DOMAIN = 'runcontrol';
 const STATUS_DETAILS_KEY = 'grpc-status-details-bin';
-const PROTO_ROOT = path.resolve(__dirname, '..', '..', '..', 'protos');
+// The package's own copy of protos/ (`make proto` keeps it in sync; it ships in the
+// npm package), so the client loads the same contract wherever it is installed.
+const PROTO_ROOT = path.resolve(__dirname, '..', 'proto');
 const PROTO_FILE = 'runcontrol/v1/run_control.proto';
 /** Request header asking for payloads as JSON text (exact integers) in every RunRecord. */
 const PAYLOAD_FORMAT_HEADER = 'runcontrol-payload-format';
