@@ -207,32 +207,29 @@ class StoreIncompatible(RunControlError):
     reason_key = "STORE_INCOMPATIBLE"
 
 
-class Unauthenticated(RunControlError):
+class AccessRefused(RunControlError):
+    """Base of the two refusals of the server's authentication: the `method` called and
+    the `required_role` it needs."""
+
+    @property
+    def method(self) -> str | None:
+        return self.metadata.get("method")
+
+    @property
+    def required_role(self) -> str | None:
+        return self.metadata.get("required_role")
+
+
+class Unauthenticated(AccessRefused):
     """The call carried no credential the server accepts (no token, or an unknown one)."""
 
     reason_key = "UNAUTHENTICATED"
 
-    @property
-    def method(self) -> str | None:
-        return self.metadata.get("method")
 
-    @property
-    def required_role(self) -> str | None:
-        return self.metadata.get("required_role")
-
-
-class PermissionDenied(RunControlError):
+class PermissionDenied(AccessRefused):
     """The credential is known but its `role` is below the `required_role`."""
 
     reason_key = "PERMISSION_DENIED"
-
-    @property
-    def method(self) -> str | None:
-        return self.metadata.get("method")
-
-    @property
-    def required_role(self) -> str | None:
-        return self.metadata.get("required_role")
 
     @property
     def role(self) -> str | None:
