@@ -169,3 +169,33 @@ async def test_expire_leases_respects_its_limit(manager: RunManager, store: RunS
     rest = await store.expire_leases(now, 100)
     assert (len(first), len(rest)) == (2, 3)
     assert await store.expire_leases(now, 100) == []
+
+
+async def test_a_lapsed_worker_s_late_write_cannot_end_the_requeued_run(
+    manager: RunManager, store: RunStore
+) -> None:
+    run_id = await _claimed(manager, "t1", max_attempts=2)
+    lapse = await store.next_lease_lapse()
+    assert lapse is not None
+    (requeued,) = await store.expire_leases(lapse, 10)
+    revision = await store.revision()
+    with pytest.raises(LeaseNotHeld) as refused:
+        await manager.set_status(run_id, RunStatus.ERROR, error="late", worker_id="w1")
+    assert (refused.value.status, refused.value.worker_id) == (RunStatus.PENDING, None)
+    assert await manager.get_run(run_id) == requeued  # the next attempt still waits
+    assert await store.revision() == revision
+    # A claim (by anyone, the old worker included) is still taken.
+    again = await manager.set_status(run_id, RunStatus.RUNNING, worker_id="w1", lease_ttl=TTL)
+    assert (again.run.status, again.run.attempt) == (RunStatus.RUNNING, 2)
+
+
+async def test_a_repeated_claim_is_a_repeat_only_with_the_same_lease(
+    manager: RunManager, store: RunStore
+) -> None:
+    run_id = await _claimed(manager, "t1")
+    repeat = await manager.set_status(run_id, RunStatus.RUNNING, worker_id="w1", lease_ttl=TTL)
+    assert not repeat.changed
+    for other in (None, TTL * 2):
+        with pytest.raises(InvalidTransition):
+            await manager.set_status(run_id, RunStatus.RUNNING, worker_id="w1", lease_ttl=other)
+    assert (await manager.get_run(run_id)).lease_ttl == TTL

@@ -182,7 +182,7 @@ def decide_status(
     worker_id: str | None,
     error: str | None,
     expected_mod_revision: int | None,
-    lease: bool,
+    lease_ttl: timedelta | None,
     queued_behind: tuple[str, ...],
 ) -> Decision:
     """A worker's SetRunStatus. `worker_id` None on a claim means an anonymous claimer,
@@ -193,7 +193,7 @@ def decide_status(
     # 1. Repeating the move that already happened (same status, worker and error).
     if run.status is status and error == run.error and status is not PENDING:
         same_worker = (
-            (not anonymous_claim and worker_id == run.worker_id)
+            (not anonymous_claim and worker_id == run.worker_id and lease_ttl == run.lease_ttl)
             if claim
             else worker_id in (None, run.worker_id)
         )
@@ -202,6 +202,10 @@ def decide_status(
     # 2. Compare-and-set.
     if expected_mod_revision is not None and expected_mod_revision != run.mod_revision:
         return Refused("RevisionMismatch", (expected_mod_revision, run.mod_revision))
+    # 2b. A run taken back from its worker (a lapsed lease, attempts left): only claims
+    # and writes without a worker id; a worker's late write is refused.
+    if run.status is PENDING and run.attempt and worker_id is not None and not claim:
+        return Refused("LeaseNotHeld", (PENDING, None))
     # 3. The claiming worker's ERROR note on the run it was cancelled out of.
     if (
         run.status is RunStatus.INTERRUPTED
@@ -221,7 +225,7 @@ def decide_status(
     # 5. Illegal moves; a lease comes with a claim only; the queue's turn.
     if status not in LEGAL.get(run.status, frozenset()):
         return Refused("InvalidTransition", (run.status, status, ()))
-    if lease and not claim:
+    if lease_ttl is not None and not claim:
         return Refused("InvalidTransition", (run.status, status, ()))
     if claim and queued_behind:
         return Refused("InvalidTransition", (run.status, status, queued_behind))

@@ -8,11 +8,13 @@ deletes the `rc_threads` rows of threads left without runs, in one statement
 on such a thread commits while that statement runs (after its snapshot, before it
 locks the thread row), READ COMMITTED rechecks the locked row but not the NOT EXISTS
 subquery, which still sees no run: the row is deleted and the foreign key from the new
-run raises ForeignKeyViolation. The purge has committed by then, so nothing is lost,
-but `purge_finished` raises instead of returning the deleted runs, and the janitor
-logs the round as failed (a traceback) and backs off. The race window is one
-statement wide: racing 16 threads at once hits it in about a third of the rounds here,
-so 60 rounds miss it with a probability around 1e-10.
+run raised ForeignKeyViolation. The purge had committed by then, so nothing was lost,
+but `purge_finished` raised instead of returning the deleted runs, and the janitor
+logged the round as failed (a traceback) and backed off. Fixed: the empty threads are
+now locked first and deleted in a second statement, whose fresh snapshot sees every
+run committed before the lock. The race window was one statement wide: racing 16
+threads at once hit it in about a third of the rounds, so 60 rounds would miss a
+regression with a probability around 1e-10.
 """
 
 from __future__ import annotations

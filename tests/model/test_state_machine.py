@@ -125,15 +125,12 @@ RESET_POSTGRES = (
     b" UPDATE rc_compaction SET revision = (SELECT head FROM rc_revision)"
 )
 DISCONNECT_REASON = "client disconnected while attached (WaitRun)"
-# A known PostgreSQL bug this test found (tests/model/test_regressions.py): retention
-# racing a create raises out of purge_finished after its deletions committed. Tolerated
-# here (and counted) so the rest of the model keeps running; empty it with the fix.
-KNOWN_PURGE_RACE: tuple[type[Exception], ...] = (psycopg.errors.ForeignKeyViolation,)
 
 ERRORS: dict[str, type[RunControlError]] = {
     "RevisionMismatch": RevisionMismatch,
     "AlreadyClaimed": AlreadyClaimed,
     "InvalidTransition": InvalidTransition,
+    "LeaseNotHeld": LeaseNotHeld,
 }
 
 RUN = st.integers(min_value=0, max_value=63)  # an index into the program's run ids
@@ -500,7 +497,7 @@ class ModelMachine(RuleBasedStateMachine):
             worker,
             error,
             expected_revision,
-            lease is not None,
+            lease,
             self.ref.queued_behind(run),
         )
         if isinstance(decision, Refused):
@@ -516,6 +513,8 @@ class ModelMachine(RuleBasedStateMachine):
             assert (error.expected, error.actual) == decision.facts
         elif isinstance(error, AlreadyClaimed):
             assert (error.worker_id,) == decision.facts
+        elif isinstance(error, LeaseNotHeld):
+            assert (error.status, error.worker_id) == decision.facts
         elif isinstance(error, InvalidTransition):
             from_status, to_status, queued = decision.facts
             assert isinstance(from_status, RunStatus) and isinstance(to_status, RunStatus)
@@ -578,7 +577,7 @@ class ModelMachine(RuleBasedStateMachine):
             assert all(isinstance(r, RunNotFound) for r in results), results
             return
         decision = decide_status(
-            run, RUNNING, workers[0], None, None, False, self.ref.queued_behind(run)
+            run, RUNNING, workers[0], None, None, None, self.ref.queued_behind(run)
         )
         if isinstance(decision, Refused):
             for result in results:
@@ -860,7 +859,7 @@ class ModelMachine(RuleBasedStateMachine):
             self.apply_lapsed(lapsed)
             self.saw("race: the lapse came first")
             decision = decide_status(
-                run, status, worker, error, None, False, self.ref.queued_behind(run)
+                run, status, worker, error, None, None, self.ref.queued_behind(run)
             )
             if isinstance(decision, Refused):
                 assert isinstance(written, ERRORS[decision.error]), written
@@ -874,31 +873,24 @@ class ModelMachine(RuleBasedStateMachine):
         self.saw("race: the worker finished first")
         earlier = [r for r in lapsed if r.mod_revision < written.run.mod_revision]
         self.apply_lapsed(earlier)
-        decision = decide_status(run, status, worker, error, None, False, ())
+        decision = decide_status(run, status, worker, error, None, None, ())
         self.check_write(run, written, status, worker, error, None, decision)
         self.apply_lapsed([r for r in lapsed if r.mod_revision > written.run.mod_revision])
 
     @rule(thread=st.sampled_from(THREADS))
     def race_retention_and_create(self, thread: str) -> None:
         """Retention deletes a thread's finished runs (and forgets the emptied thread)
-        while a run is created on it: both happen, in one order or the other."""
+        while a run is created on it: both happen, in one order or the other. (Found a
+        PostgreSQL bug, fixed: tests/model/test_regressions.py.)"""
         self.step("race_retention_and_create")
         now = self.run(self.now())
         due = self.ref.finished_before(now)
         active = self.ref.active(thread)
-        before = self.ref.revision
-
-        async def purge() -> list[Run] | None:
-            try:
-                return await self.store.purge_finished(now, 1000)
-            except KNOWN_PURGE_RACE:
-                return None  # its deletions committed; read them from the feed below
-
         purged, created = self.run(
             _gather(
                 iter(
                     [
-                        purge(),
+                        self.store.purge_finished(now, 1000),
                         self.manager.create_run(
                             thread, multitask_strategy=MultitaskStrategy.ENQUEUE
                         ),
@@ -906,10 +898,6 @@ class ModelMachine(RuleBasedStateMachine):
                 )
             )
         )
-        if purged is None:
-            self.saw("KNOWN BUG: purge_finished raised ForeignKeyViolation (test_regressions)")
-            feed = self.run(self.store.read_changes(before, 1000))
-            purged = [c.run for cs in feed for c in cs.changes if c.kind is ChangeKind.DELETED]
         self.check_earliest(purged, due, 1000, lambda r: r.updated_at)
         new = created.run
         assert created.queued_behind == tuple(active) and not created.interrupted

@@ -325,7 +325,11 @@ class SetRunStatusRequest(_message.Message):
         before it lapses (renewing every third of it is a good rhythm). A lapsed
         lease returns the run to PENDING or ends it ERROR (see `max_attempts`).
         A worker_id is needed to renew: send one, or use the id the server
-        assigns. Refused with INVALID_ARGUMENT on any other move.
+        assigns. Refused with INVALID_ARGUMENT on any other move. A repeated claim
+        is a repeat only with the same lease_ttl (another is INVALID_TRANSITION).
+        While a run taken back from its worker waits in PENDING for its next
+        attempt, a write with a worker_id other than a claim is refused with
+        LEASE_NOT_HELD (a lapsed worker's late result must not end the attempt).
         """
 
     def __init__(

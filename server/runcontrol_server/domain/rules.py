@@ -54,8 +54,9 @@ def check_transition(run: Run, change: StatusChange, earlier_active: Sequence[st
     """Decide a worker's status change.
 
     Returns False when the change repeats the transition that already happened (same
-    status, same worker, same error): an idempotent success that must not use a new
-    revision. Returns True when the change must be applied. Raises otherwise.
+    status, same worker, same error; for a claim, the same lease): an idempotent success
+    that must not use a new revision. Returns True when the change must be applied.
+    Raises otherwise.
 
     `earlier_active` are the ids of the thread's active runs created before `run`: a
     run may not be claimed while any of them is active (ENQUEUE is FIFO per thread).
@@ -69,6 +70,16 @@ def check_transition(run: Run, change: StatusChange, earlier_active: Sequence[st
         and change.expected_mod_revision != run.mod_revision
     ):
         raise RevisionMismatch(run.run_id, change.expected_mod_revision, run.mod_revision)
+    if (
+        run.status is RunStatus.PENDING
+        and run.attempt
+        and change.worker_id is not None
+        and change.status is not RunStatus.RUNNING
+    ):
+        # A run taken back from its worker (lapsed lease): a worker's late write must not
+        # end the attempt that is waiting for the next claim. Claims, and writes without
+        # a worker id (an operator), are still taken.
+        raise LeaseNotHeld(run.run_id, run.status, None)
     if is_cancel_note(run, change):
         return change.error != run.error  # the same note again is a repeat
     if (
@@ -111,8 +122,10 @@ def _is_repeat(run: Run, change: StatusChange) -> bool:
         return False  # nothing ever moves *to* PENDING, so there is nothing to repeat
     if change.status is RunStatus.RUNNING:
         # A claim repeats only for the very same worker (None included), so that
-        # exactly one of several anonymous or named claimers wins.
-        return change.worker_id == run.worker_id
+        # exactly one of several anonymous or named claimers wins, and with the same
+        # lease: a claim asking for another lease than the one held is refused, never
+        # silently "repeated" (the worker would believe it holds that lease).
+        return change.worker_id == run.worker_id and change.lease_ttl == run.lease_ttl
     # A terminal status repeated by the claiming worker, or by a caller that gives no id.
     return change.worker_id is None or change.worker_id == run.worker_id
 
