@@ -268,6 +268,7 @@ def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
         "log_format": "json",
         "access_log": "1",
         "otel": "1",
+        "http_listen": "127.0.0.1:8080",
     }
     assert set(values) == {o.name for o in OPTIONS}
     argv = [a for o in OPTIONS for a in ((o.flag,) if o.switch else (o.flag, values[o.name]))]
@@ -308,6 +309,7 @@ def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
         log_format="json",
         access_log=True,
         otel=True,
+        http_listen="127.0.0.1:8080",
     )
 
 

@@ -3,8 +3,8 @@
 Shutdown order (SIGTERM/SIGINT or `RunControlServer.stop`):
 1. drain: health turns NOT_SERVING for every service and new RunControl calls are
    refused with UNAVAILABLE / SHUTTING_DOWN, so balancers and clients move away;
-2. `grpc.aio.Server.stop(grace)`: in-flight calls get up to `grace` seconds to
-   finish, then are cancelled;
+2. `grpc.aio.Server.stop(grace)`, and the HTTP listener's stop alongside: in-flight
+   calls get up to `grace` seconds to finish, then are cancelled;
 3. the metrics endpoint stops and traces are flushed (observability);
 4. the manager (and its store) is closed.
 """
@@ -17,7 +17,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -39,6 +39,7 @@ from .config import (
 from .domain.errors import ShuttingDown
 from .domain.manager import RunManager
 from .domain.store import RunStore
+from .http.handlers import InterceptedMethods, MethodTable
 from .observability import Observability
 from .observability.logs import formatter as log_formatter
 from .security.server import ServerSecurity
@@ -46,6 +47,9 @@ from .servicer import Limits, RunControlServicer, add_to_server
 from .servicer.errors import mapped_errors
 from .servicer.malformed import TolerantRegistrar
 from .stores.memory import InMemoryRunStore
+
+if TYPE_CHECKING:
+    from .http.listener import HttpListener
 
 log = logging.getLogger(__name__)
 
@@ -264,6 +268,21 @@ class _DrainingHealth(health_aio.HealthServicer):  # type: ignore[misc]  # untyp
             await asyncio.gather(watch, finished, return_exceptions=True)
 
 
+HTTP_EXTRA_HINT = "pip install 'runcontrol[http]'"
+
+
+def _http_listener(settings: Settings, methods: InterceptedMethods) -> HttpListener:
+    """The HTTP listener (`--http-listen`); its packages are the `http` extra's, imported
+    only when it is asked for."""
+    try:
+        from .http.listener import HttpListener
+    except ImportError as error:
+        raise ConfigurationError(
+            f"--http-listen needs the http extra: {HTTP_EXTRA_HINT} ({error})"
+        ) from error
+    return HttpListener(settings, methods)
+
+
 class RunControlServer:
     """One gRPC server process-part: RunControl + health + reflection on one address.
 
@@ -299,14 +318,15 @@ class RunControlServer:
             limits=limits or limits_of(settings),
             page_token_key=page_token_key,
         )
+        # Authentication first: an unknown caller learns nothing, not even draining.
+        # Observability outermost, so refused calls are counted, logged and traced.
+        interceptors = [
+            *self._observability.interceptors,
+            *self._security.interceptors,
+            self._drain,
+        ]
         self._server = grpc.aio.server(
-            # Authentication first: an unknown caller learns nothing, not even draining.
-            # Observability outermost, so refused calls are counted, logged and traced.
-            interceptors=[
-                *self._observability.interceptors,
-                *self._security.interceptors,
-                self._drain,
-            ],
+            interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
             options=[
                 # Without this, Linux gRPC binds with SO_REUSEPORT and a second server
@@ -318,7 +338,14 @@ class RunControlServer:
             ],
         )
         # Not the generated add_RunControlServicer_to_server: answers are pre-encoded bytes.
-        add_to_server(self._servicer, self._server)
+        # The table keeps the handlers, so HTTP calls run the very same ones.
+        methods = MethodTable(self._server)
+        add_to_server(self._servicer, cast(grpc.aio.Server, methods))  # registers like one
+        self._http = (
+            _http_listener(settings, InterceptedMethods(methods, interceptors))
+            if settings.http_listen is not None
+            else None
+        )
         # Health and reflection too answer bytes that do not parse (MALFORMED_REQUEST).
         registrar = TolerantRegistrar(self._server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, registrar)
@@ -348,6 +375,11 @@ class RunControlServer:
         return self._observability.metrics_address
 
     @property
+    def http_address(self) -> str | None:
+        """The HTTP listener's bound "HOST:PORT" once started (None: HTTP off)."""
+        return None if self._http is None else self._http.address
+
+    @property
     def draining(self) -> bool:
         return self._drain.draining
 
@@ -366,11 +398,24 @@ class RunControlServer:
         except OSError as exc:
             where = self._settings.metrics_listen
             raise ListenError(f"cannot serve metrics on {where}: {exc}") from exc
+        await self._start_http()
         await self._server.start()
         self._address = f"{host}:{port}"
         log.info("serving %s on %s", RUN_CONTROL_SERVICE, self._address)
+        if self._http is not None:
+            where = f"{self._http.scheme}://{self._http.address}"
+            log.info("serving %s over Connect and gRPC-Web on %s", RUN_CONTROL_SERVICE, where)
         self._security.log_exposure()
         return self._address
+
+    async def _start_http(self) -> None:
+        if self._http is None:
+            return
+        try:
+            await self._http.start()
+        except OSError as exc:
+            await self._observability.stop()
+            raise ListenError(f"cannot serve HTTP on {self._settings.http_listen}: {exc}") from exc
 
     def reload_tokens(self) -> bool:
         """Re-read `--tokens-file` (SIGHUP); a bad file keeps the previous entries."""
@@ -400,7 +445,10 @@ class RunControlServer:
     async def _stop(self, grace: float | None) -> None:
         grace = self._settings.grace_period if grace is None else grace
         await self.begin_drain()
-        await self._server.stop(grace)
+        if self._http is None:
+            await self._server.stop(grace)
+        else:  # both listeners give their calls the same grace period
+            await asyncio.gather(self._server.stop(grace), self._http.stop(grace))
         await self._observability.stop()
         await self._manager.close()
         log.info("stopped")

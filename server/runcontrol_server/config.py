@@ -97,6 +97,8 @@ class Settings:
     log_format: str = "text"
     access_log: bool = False
     otel: bool = False
+    # RunControl over Connect and gRPC-Web (runcontrol_server.http; None: off).
+    http_listen: str | None = None
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -465,6 +467,15 @@ OPTIONS: tuple[Option, ...] = (
         "OpenTelemetry: a span per call, exported over OTLP as the OTEL_* variables say "
         "(the `otel` extra)",
         switch=True,
+    ),
+    Option(
+        "http_listen",
+        _listen,
+        "HOST:PORT",
+        "also serve RunControl over HTTP here: the Connect protocol (JSON or binary) and "
+        "gRPC-Web, with the same tokens and TLS as --listen (the `http` extra); port 0 "
+        "picks a free one",
+        default_text="off",
     ),
 )
 

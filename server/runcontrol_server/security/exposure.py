@@ -45,29 +45,38 @@ def settings_problem(settings: Settings) -> str | None:
         return "--tls-cert and --tls-key go together: give both or neither"
     if settings.tls_client_ca is not None and settings.tls_cert is None:
         return "--tls-client-ca (mutual TLS) needs TLS: give --tls-cert and --tls-key too"
-    exposed = not is_loopback(_host(settings.listen))
-    if exposed and not uses_tls(settings) and not uses_auth(settings) and not settings.insecure:
-        return (
-            f"refusing to serve {settings.listen} without TLS or authentication: anyone "
-            "who reaches it could create, cancel and delete every run. Give --tls-cert "
-            "and --tls-key, or --tokens-file, or --insecure to accept that "
-            "(RUNCONTROL_INSECURE=1)"
-        )
+    for listen in _addresses(settings):
+        exposed = not is_loopback(_host(listen))
+        if exposed and not uses_tls(settings) and not uses_auth(settings) and not settings.insecure:
+            return (
+                f"refusing to serve {listen} without TLS or authentication: anyone "
+                "who reaches it could create, cancel and delete every run. Give --tls-cert "
+                "and --tls-key, or --tokens-file, or --insecure to accept that "
+                "(RUNCONTROL_INSECURE=1)"
+            )
     return None
+
+
+def _addresses(settings: Settings) -> list[str]:
+    """Every address serving RunControl: the gRPC one and the HTTP one when given
+    (the same TLS and tokens guard both)."""
+    return [settings.listen] + ([settings.http_listen] if settings.http_listen else [])
 
 
 def exposure_warnings(settings: Settings) -> list[str]:
     """What to log at start about how exposed the server is."""
-    if is_loopback(_host(settings.listen)):
-        return []
-    if not uses_tls(settings) and not uses_auth(settings):
-        return [
-            f"serving {settings.listen} without TLS or authentication (--insecure): "
-            "anyone who reaches it can create, cancel and delete every run"
-        ]
-    if not uses_tls(settings):
-        return [
-            f"serving {settings.listen} without TLS: bearer tokens cross the network "
-            "in plaintext (give --tls-cert and --tls-key)"
-        ]
-    return []
+    warnings: list[str] = []
+    for listen in _addresses(settings):
+        if is_loopback(_host(listen)):
+            continue
+        if not uses_tls(settings) and not uses_auth(settings):
+            warnings.append(
+                f"serving {listen} without TLS or authentication (--insecure): "
+                "anyone who reaches it can create, cancel and delete every run"
+            )
+        elif not uses_tls(settings):
+            warnings.append(
+                f"serving {listen} without TLS: bearer tokens cross the network "
+                "in plaintext (give --tls-cert and --tls-key)"
+            )
+    return warnings
