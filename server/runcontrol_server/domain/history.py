@@ -5,7 +5,11 @@ what follows it. A caught-up reader registers a future of its own (`add_waiter`,
 add and to remove, e.g. when its stream is cancelled) and awaits it; each append (and
 `wake()`) resolves every registered future once and empties the registry, so a reader
 costs a write nothing unless it is waiting, and a write resolves exactly the readers
-that wait. A reader that never reads costs the writers nothing. History is bounded by
+that wait. A reader that never reads costs the writers nothing. A reader that sees one
+thread only (a watcher filtered by thread) may register under that thread: an append
+then wakes it only when one of its changes is in that thread, so ten thousand watchers
+of other threads cost a write nothing; it is resolved with the revision that woke it,
+and may skip the revisions before (none of them touched its thread). History is bounded by
 count and by age; a cursor that falls off its start gets `RevisionCompacted`. In-process
 bookkeeping that must see every change at once (WaitRun's waiters, the janitor) uses
 listeners instead (`add_listener`).
@@ -18,6 +22,7 @@ import itertools
 from collections import deque
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from .errors import RevisionCompacted
 from .model import ChangeSet
@@ -44,7 +49,10 @@ class ChangeHistory:
         self._head = 0
         # Readers' own futures, resolved and forgotten at the next append or wake-up
         # (a dict: O(1) removal, and readers are woken in the order they started waiting).
-        self._waiters: dict[asyncio.Future[None], None] = {}
+        self._waiters: dict[asyncio.Future[Any], None] = {}
+        # Readers of one thread, by thread id (see `add_waiter`): an append resolves only
+        # the groups of the threads it touches, each waiter with the append's revision.
+        self._thread_waiters: dict[str, dict[asyncio.Future[Any], None]] = {}
         self._listeners: list[Callable[[ChangeSet], None]] = []
 
     @property
@@ -61,7 +69,8 @@ class ChangeHistory:
         return len(self._entries)
 
     def append(self, change_set: ChangeSet) -> None:
-        """Record the next revision and wake every waiting reader (once, together)."""
+        """Record the next revision and wake every waiting reader it concerns (once,
+        together): every reader, but those of one thread only for their thread."""
         if change_set.revision != self._head + 1:
             raise ValueError(
                 f"history expects revision {self._head + 1}, got {change_set.revision}"
@@ -74,7 +83,20 @@ class ChangeHistory:
         self.prune(now)
         for listener in self._listeners:
             listener(change_set)
-        self.wake()
+        waiters = self._waiters
+        if waiters:
+            self._waiters = {}
+            _resolve(waiters, None)
+        if self._thread_waiters:
+            self._wake_threads(change_set)
+
+    def _wake_threads(self, change_set: ChangeSet) -> None:
+        """Resolve the readers of the threads `change_set` touches with its revision."""
+        groups = self._thread_waiters
+        for change in change_set.changes:  # a group is popped: a thread is woken once
+            group = groups.pop(change.run.thread_id, None)
+            if group:
+                _resolve(group, change_set.revision)
 
     def add_listener(self, listener: Callable[[ChangeSet], None]) -> None:
         """Call `listener` synchronously with every appended change set.
@@ -93,6 +115,12 @@ class ChangeHistory:
         a store's feed)."""
         self._entries.clear()
         self._head = self._compact_revision = revision
+        # The revisions are no longer contiguous with what readers of one thread saw:
+        # none of them may skip anything now. They wait on as every other reader does
+        # (woken by any append or `wake()`, with nothing to skip).
+        for group in self._thread_waiters.values():
+            self._waiters.update(group)
+        self._thread_waiters.clear()
 
     def prune(self, now: datetime | None = None) -> None:
         """Drop change sets older than the age bound."""
@@ -134,34 +162,67 @@ class ChangeHistory:
 
     def wake(self) -> None:
         """Resolve every registered waiter without an append, so every waiting reader
-        looks again (e.g. to notice a shutdown)."""
+        looks again (e.g. to notice a shutdown). Readers of one thread are resolved with
+        the next revision: nothing up to the head touched their thread, or an append
+        would have woken them already."""
         waiters = self._waiters
         if waiters:
             self._waiters = {}
-            for waiter in waiters:
-                # A waiter may be done already: cancelled with its reader, or resolved by
-                # the reader's own timer; either way its reader no longer waits here.
-                if not waiter.done():
-                    waiter.set_result(None)
+            _resolve(waiters, None)
+        groups = self._thread_waiters
+        if groups:
+            self._thread_waiters = {}
+            for group in groups.values():
+                _resolve(group, self._head + 1)
 
-    def add_waiter(self, waiter: asyncio.Future[None]) -> None:
+    def add_waiter(self, waiter: asyncio.Future[Any], thread_id: str | None = None) -> None:
         """Register `waiter` (a reader's own future) to be resolved at the next append or
         `wake()`, which also unregisters it.
+
+        With `thread_id` (a reader that sees the changes of that thread only), an append
+        resolves it only when one of its changes is in that thread, with the append's
+        revision; `wake()` with the next revision. Either way its reader may skip the
+        revisions before that one: none of them touched its thread. Otherwise it is
+        resolved with None.
 
         The reader must `remove_waiter` it when it stops waiting for another reason
         (cancelled, timed out, closed): registrations are not otherwise dropped.
         """
-        self._waiters[waiter] = None
+        if thread_id is None:
+            self._waiters[waiter] = None
+            return
+        group = self._thread_waiters.get(thread_id)
+        if group is None:
+            group = self._thread_waiters[thread_id] = {}
+        group[waiter] = None
 
-    def remove_waiter(self, waiter: asyncio.Future[None]) -> None:
-        """Unregister `waiter`; a no-op when it is not registered (e.g. already woken)."""
+    def remove_waiter(self, waiter: asyncio.Future[Any], thread_id: str | None = None) -> bool:
+        """Unregister `waiter` (registered with `thread_id`); a no-op when it is not
+        registered (e.g. already woken). True when it was still registered under its
+        thread: then no revision appended since its registration touched that thread."""
+        if thread_id is not None:
+            group = self._thread_waiters.get(thread_id)
+            if group is not None and waiter in group:
+                del group[waiter]
+                if not group:
+                    del self._thread_waiters[thread_id]
+                return True
         self._waiters.pop(waiter, None)
+        return False
 
     @property
     def waiter_count(self) -> int:
         """Registered waiters (for introspection and tests)."""
-        return len(self._waiters)
+        return len(self._waiters) + sum(map(len, self._thread_waiters.values()))
 
     def _drop_oldest(self) -> None:
         _, dropped = self._entries.popleft()
         self._compact_revision = dropped.revision
+
+
+def _resolve(waiters: dict[asyncio.Future[Any], None], result: int | None) -> None:
+    for waiter in waiters:
+        # A waiter may be done already: cancelled with its reader, or resolved by the
+        # reader's own timer or close; either way its reader no longer waits here.
+        if not waiter.done():
+            waiter.set_result(result)

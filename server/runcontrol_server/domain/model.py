@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import enum
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
@@ -70,13 +71,53 @@ class ChangeKind(enum.StrEnum):
 _CANONICAL = json.JSONEncoder(
     sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
 )
+# ... and `JSONEncoder.encode` still builds its C encoder (`c_make_encoder`) on every
+# call: built here once, with exactly the arguments `JSONEncoder.iterencode` passes it
+# for `_CANONICAL`, and its circular-reference markers emptied after a failed call (a
+# successful one leaves them empty). None where the C accelerator is missing.
+_MARKERS: dict[int, Any] = {}
+_c_make_encoder: Any = getattr(json.encoder, "c_make_encoder", None)  # untyped in typeshed
+_C_CANONICAL: Any = (
+    None
+    if _c_make_encoder is None
+    else _c_make_encoder(
+        _MARKERS,
+        _CANONICAL.default,
+        json.encoder.encode_basestring,  # ensure_ascii=False
+        None,  # indent
+        ":",  # key separator
+        ",",  # item separator
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+)
+# A JSON string's text (ensure_ascii=False, as `_CANONICAL` writes strings).
+_json_string = json.encoder.encode_basestring
+
+
+def _encode_c(value: dict[str, Any]) -> str:
+    # What `_CANONICAL.encode(value)` does for any object but a str, minus the build.
+    try:
+        return "".join(_C_CANONICAL(value, 0))
+    except BaseException:
+        _MARKERS.clear()  # a failed call can leave the containers it was inside
+        raise
+
+
+_encode: Callable[[dict[str, Any]], str] = (
+    _encode_c if _C_CANONICAL is not None else _CANONICAL.encode
+)
 
 
 def canonical_json(value: dict[str, Any] | None) -> str:
     """The one textual form of a JSON object: equal objects give equal text."""
     if not value:
         return "{}"  # the common empty payload, without a trip through the encoder
-    return _CANONICAL.encode(value)
+    return _encode(value)
+
+
+_MICROSECOND = timedelta(microseconds=1)
 
 
 class Run(NamedTuple):
@@ -138,22 +179,24 @@ class RunDraft(NamedTuple):
     max_attempts: int = 1
 
     def fingerprint(self) -> str:
-        """Identity of the *request* (not of the run): what request_id retries must repeat."""
+        """Identity of the *request* (not of the run): what request_id retries must repeat.
+
+        The canonical JSON of {thread_id, assistant_id, on_disconnect,
+        multitask_strategy, metadata, kwargs, timeout_us[, max_attempts]}, written
+        directly: keys in sorted order, and the payloads as their canonical text,
+        which re-encoding the decoded payload would give back unchanged (canonical
+        text is a fixed point). Every client sending request ids pays this per create.
+        """
         # max_attempts only when asked for: fingerprints stored before it existed still match.
-        extra = {} if self.max_attempts == 1 else {"max_attempts": self.max_attempts}
-        return canonical_json(
-            {
-                **extra,
-                "thread_id": self.thread_id,
-                "assistant_id": self.assistant_id,
-                "on_disconnect": self.on_disconnect.value,
-                "multitask_strategy": self.multitask_strategy.value,
-                "metadata": json.loads(self.metadata_json),
-                "kwargs": json.loads(self.kwargs_json),
-                "timeout_us": None
-                if self.timeout is None
-                else self.timeout // timedelta(microseconds=1),
-            }
+        assistant = "null" if self.assistant_id is None else _json_string(self.assistant_id)
+        attempts = "" if self.max_attempts == 1 else f',"max_attempts":{int(self.max_attempts)}'
+        timeout = "null" if self.timeout is None else str(self.timeout // _MICROSECOND)
+        return (
+            f'{{"assistant_id":{assistant},"kwargs":{self.kwargs_json}{attempts},'
+            f'"metadata":{self.metadata_json},'
+            f'"multitask_strategy":{_json_string(self.multitask_strategy.value)},'
+            f'"on_disconnect":{_json_string(self.on_disconnect.value)},'
+            f'"thread_id":{_json_string(self.thread_id)},"timeout_us":{timeout}}}'
         )
 
 

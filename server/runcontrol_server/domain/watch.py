@@ -10,9 +10,14 @@ with `RevisionCompacted` (the client re-lists and watches again).
 
 Per change, a caught-up watcher costs one future of its own (registered with the
 history, resolved by the append) and a shared, cached batch: no set, callback or timer
-per wait. Its progress deadline is one lazily re-armed timer per watcher: it fires at
-most once per `progress_interval` and, when something was delivered meanwhile, only
-re-arms itself, so steady traffic costs it nothing per change.
+per wait. A watcher filtered by thread registers its future under that thread, so a
+change wakes only the watchers of its thread (and those without a thread filter):
+watchers of other threads cost it nothing, and skip, when they next wake, the revisions
+that did not touch their thread, as they would have found nothing in them.
+
+Its progress deadline is one lazily re-armed timer per watcher: it fires at most once
+per `progress_interval` and, when something was delivered meanwhile, only re-arms
+itself, so steady traffic costs it nothing per change.
 
 Nothing here imports grpc or protobuf; the servicer turns batches into messages.
 """
@@ -284,6 +289,8 @@ class Watcher:
         "_filter_number",
         "_hub",
         "_last_sent",
+        "_loop",
+        "_thread",
         "_time",
         "_timer",
         "_waiter",
@@ -300,15 +307,22 @@ class Watcher:
     ) -> None:
         self._hub = hub
         self._filter = watch_filter
+        # What it waits under in the history: its thread (it sees nothing of others).
+        self._thread = watch_filter.thread_id
         self.progress_interval = progress_interval
         self._time = time or asyncio.get_running_loop().time
+        # The loop it waits on, taken at its first wait: `asyncio.get_running_loop()`
+        # checks the process id (a system call) on every call, once per change per
+        # watcher otherwise.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._cursor = hub.history.head_revision + 1  # the next revision to look at
         self._chunk: Sequence[ChangeSet] = ()
         self._chunk_pos = 0
         self._last_sent = self._time()
         self._closed = False
-        # The future the reader awaits while caught up (None when it is not waiting).
-        self._waiter: asyncio.Future[None] | None = None
+        # The future the reader awaits while caught up (None when it is not waiting); its
+        # result is the revision it may skip to (see `ChangeHistory.add_waiter`) or None.
+        self._waiter: asyncio.Future[int | None] | None = None
         # The progress timer: armed while waiting, at most one (None when not armed).
         self._timer: asyncio.TimerHandle | None = None
         # Last: released by `close` (through the hub), so taken once nothing can fail.
@@ -374,7 +388,7 @@ class Watcher:
                 self._timer = None
             waiter = self._waiter
             if waiter is not None:
-                self._hub.history.remove_waiter(waiter)
+                self._hub.history.remove_waiter(waiter, self._thread)
                 if not waiter.done():
                     waiter.set_result(None)
             self._hub.release_filter(self._filter)
@@ -422,18 +436,24 @@ class Watcher:
                 continue
             # Caught up: wait on a future of our own, resolved by the next append or the
             # hub's shutdown (through the history), by close, or by the progress timer.
-            loop = asyncio.get_running_loop()
+            loop = self._loop
+            if loop is None:
+                loop = self._loop = asyncio.get_running_loop()
             if self._timer is None:
                 self._timer = loop.call_later(due, self._progress_due)
             waiter = self._waiter = loop.create_future()
-            history.add_waiter(waiter)
+            history.add_waiter(waiter, self._thread)
             try:
-                await waiter
+                skip_to = await waiter
             finally:
                 # Woken by the history: already unregistered. Otherwise (the timer, close,
                 # cancellation of the stream) unregister here, so nothing is left behind.
                 self._waiter = None
-                history.remove_waiter(waiter)
+                history.remove_waiter(waiter, self._thread)
+            if skip_to is not None and skip_to > self._cursor:
+                # Nothing from the cursor up to there touched this watcher's thread: the
+                # revisions it would have classified as "nothing to deliver", unread.
+                self._cursor = skip_to
 
     def _progress_due(self) -> None:
         """The progress timer fired: re-arm it at the new deadline if something was
@@ -444,9 +464,14 @@ class Watcher:
             return
         due = self._last_sent + self.progress_interval - self._time()
         if due > 0:
-            self._timer = asyncio.get_running_loop().call_later(due, self._progress_due)
+            loop = self._loop or asyncio.get_running_loop()
+            self._timer = loop.call_later(due, self._progress_due)
         elif self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+            # Unregistered here, in the same step: an append after this must not count
+            # as seen. Still registered under its thread means nothing since touched it.
+            history = self._hub.history
+            skip = history.remove_waiter(self._waiter, self._thread)
+            self._waiter.set_result(history.head_revision + 1 if skip else None)
 
     def _next_from_chunk(self) -> WatchBatch | None:
         """The next revision in the held chunk with matching events (cursor moves past

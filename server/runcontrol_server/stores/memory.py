@@ -63,6 +63,11 @@ from ..domain.rules import (
 DEFAULT_HISTORY_LIMIT = DEFAULT_MAX_CHANGES
 
 
+def _resolve_if_pending(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class _CreationOrder:
     """Run ids in ascending create_revision, with O(log n) seeks and lazy deletion.
 
@@ -195,11 +200,17 @@ class InMemoryRunStore:
         if self._revision > after or timeout <= 0:
             return FeedBounds(self._feed.compact_revision, self._revision)
         # The ring resolves its waiters on the next append: one future, no task, no poll.
-        waiter = asyncio.get_running_loop().create_future()
+        # The feed reader waits here after nearly every write, so the timeout is a plain
+        # timer resolving the same future (asyncio.wait would add a set, a callback per
+        # future and a coroutine to each wait).
+        loop = asyncio.get_running_loop()
+        waiter = loop.create_future()
         self._feed.add_waiter(waiter)
+        timer = loop.call_later(timeout, _resolve_if_pending, waiter)
         try:
-            await asyncio.wait((waiter,), timeout=timeout)
+            await waiter
         finally:
+            timer.cancel()
             self._feed.remove_waiter(waiter)
         return FeedBounds(self._feed.compact_revision, self._revision)
 
