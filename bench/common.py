@@ -138,11 +138,60 @@ class Server:
         return rss_kib(self.proc.pid)
 
 
+def server_command() -> list[str]:
+    """How the bench starts runcontrol: the `runcontrol-server` entry point that the
+    install put next to this interpreter (what `make serve` and a user run), with its
+    defaults (`--loop auto`); `python -m runcontrol_server` only when there is none."""
+    script = Path(sys.executable).with_name("runcontrol-server")
+    if script.is_file() and os.access(script, os.X_OK):
+        return [str(script)]
+    return [sys.executable, "-m", "runcontrol_server"]
+
+
+def event_loop_of(pid: int) -> str:
+    """The event loop a bench process runs: "uvloop" when uvloop's extension module is
+    mapped into it (the server, the echo and the load generator import uvloop only to
+    run on it: `eventloop.loop_factory`), else "asyncio". Linux /proc."""
+    try:
+        with open(f"/proc/{pid}/maps", encoding="utf-8", errors="replace") as maps:
+            mapped = maps.read()
+    except OSError:
+        return "unknown"
+    return "uvloop" if "/uvloop/loop." in mapped else "asyncio"
+
+
+def install_info() -> dict[str, Any]:
+    """What the install brings: how the installed runcontrol declares uvloop (a regular
+    dependency, or the extras that bring it, e.g. `server`) and the uvloop installed."""
+    import re
+    from importlib import metadata
+
+    info: dict[str, Any] = {"server_command": " ".join(server_command())}
+    try:
+        requires = metadata.requires("runcontrol") or []
+        info["runcontrol"] = metadata.version("runcontrol")
+    except metadata.PackageNotFoundError:
+        requires = []
+    uvloop = [r for r in requires if re.match(r"uvloop\b", r)]
+    info["uvloop_requirement"] = next((r for r in uvloop if "extra ==" not in r), None)
+    info["uvloop_extras"] = sorted(
+        {m.group(1) for r in uvloop if (m := re.search(r'extra == "([^"]+)"', r))}
+    )
+    try:
+        info["uvloop"] = metadata.version("uvloop")
+    except metadata.PackageNotFoundError:
+        info["uvloop"] = None
+    return info
+
+
 @contextlib.contextmanager
-def server_process(args: Sequence[str], *, start_timeout: float = 30.0) -> Iterator[Server]:
-    """Start `python <args>`, learn its address, stop it (by pid) on exit."""
+def server_process(
+    args: Sequence[str], *, start_timeout: float = 30.0, command: Sequence[str] | None = None
+) -> Iterator[Server]:
+    """Start `python <args>` (or `<command> <args>`), learn its address, stop it (by
+    pid) on exit."""
     proc = subprocess.Popen(
-        [sys.executable, *args],
+        [*(command if command is not None else [sys.executable]), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,

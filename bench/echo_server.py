@@ -6,9 +6,12 @@ prints `listening on HOST:PORT`, then serves `/bench.Echo/<Method>`:
 - every unary method answers a pre-built payload of the size given for it in
   `--sizes` (the size of runcontrol's real answer, measured by the driver), whatever
   the request; no protobuf work at all (identity serializers);
-- `WatchRuns` (server streaming) registers an `asyncio.Queue`, sends a small "ready"
-  message, then streams whatever is published; `Publish` (unary) puts one payload of
-  size `sizes["WatchEvent"]` into every registered queue: a bare asyncio fan-out.
+- `WatchRuns` (server streaming) registers an `asyncio.Queue` under its request's
+  thread (the leading `thread_id = 1` field, which WatchRunsRequest and CreateRunRequest
+  share; no parsing), sends a small "ready" message, then streams whatever is
+  published; `Publish` (unary) puts one payload of size `sizes["WatchEvent"]` into
+  every queue registered under its own request's thread: a bare asyncio fan-out with
+  a perfect index (streams of other threads cost a publish nothing).
 """
 
 from __future__ import annotations
@@ -33,12 +36,20 @@ def _payload(size: int) -> bytes:
     return b"x" * size
 
 
+def thread_key(request: bytes) -> bytes:
+    """The leading `thread_id` field (tag, one-byte length, text) of a request: the
+    fan-out key; b"" when the request does not start with one."""
+    if len(request) >= 2 and request[0] == 0x0A and request[1] < 0x80:
+        return request[: 2 + request[1]]
+    return b""
+
+
 class EchoService:
     def __init__(self, sizes: dict[str, int]) -> None:
         self._payloads = {name: _payload(size) for name, size in sizes.items()}
         self._event = self._payloads.get("WatchEvent", _payload(1))
         self._publish_answer = self._payloads.get("Publish", b"")
-        self._queues: set[asyncio.Queue[bytes]] = set()
+        self._queues: dict[bytes, set[asyncio.Queue[bytes]]] = {}
 
     def unary(self, name: str) -> Any:
         answer = self._payloads.get(name, b"")
@@ -50,7 +61,7 @@ class EchoService:
 
     async def publish(self, request: bytes, context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         event = self._event
-        for queue in self._queues:
+        for queue in self._queues.get(thread_key(request), ()):
             queue.put_nowait(event)
         return self._publish_answer
 
@@ -58,13 +69,17 @@ class EchoService:
         # The writer API (a coroutine handler writing with context.write), as runcontrol's
         # WatchRuns does: the cheaper of grpc.aio's two ways to serve a stream.
         queue: asyncio.Queue[bytes] = asyncio.Queue(_QUEUE_LIMIT)
-        self._queues.add(queue)
+        key = thread_key(request)
+        queues = self._queues.setdefault(key, set())
+        queues.add(queue)
         try:
             await context.write(READY)
             while True:
                 await context.write(await queue.get())
         finally:
-            self._queues.discard(queue)
+            queues.discard(queue)
+            if not queues and self._queues.get(key) is queues:
+                del self._queues[key]
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {

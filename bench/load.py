@@ -5,8 +5,9 @@ stdout. The same client code drives runcontrol ("subject") and the echo baseline
 ("echo"): requests are the same pre-built bytes and answers are taken as raw bytes
 (identity serializers), so client-side work is identical and only the server differs.
 
-Commands (`op`): `seed` (subject only: create the runs GetRun/ListRuns read and measure
-real message sizes), `unary`, `fanout`, `watch_cycles`, `watch_latency` (subject only:
+Commands (`op`): `info` (its event loop), `seed` (subject only: create the runs
+GetRun/ListRuns read and measure real message sizes), `unary`, `fanout`, `changes` (the
+watcher-scale section's changes, stamped), `watch_cycles`, `watch_latency` (subject only:
 one change at a time, from a writer replica to a watcher replica), `quit`. Every loop is bounded
 by a count and by a deadline (`budget`, seconds).
 """
@@ -17,6 +18,7 @@ import asyncio
 import itertools
 import math
 import os
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -26,6 +28,7 @@ from google.protobuf import duration_pb2, struct_pb2
 
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_pb2
+from runcontrol_server import eventloop
 
 from .common import load_summary, median, percentile, serve_commands
 
@@ -35,6 +38,8 @@ PREFIX = {"subject": "/runcontrol.v1.RunControl/", "echo": "/bench.Echo/"}
 CHANGE_METHOD = {"subject": "CreateRun", "echo": "Publish"}
 UNARY_METHOD = {"create": "CreateRun", "get": "GetRun", "list": "ListRuns"}
 GET_SEEDS = 1000
+# Stored runs GetRun cycles over on a `bench.growth` server.
+GROWTH_SAMPLE = 20_000
 LIST_THREAD = "bench-list"
 LIST_SEEDS = 150
 LIST_PAGE = 100
@@ -75,6 +80,8 @@ class Load:
         self._ids = itertools.count()
         self._tag = f"{os.getpid() % 100000:05d}"
         self._get_requests: list[bytes] = []
+        # GetRun requests per target when set (`growth_targets`), else `_get_requests`.
+        self._get_by_target: dict[str, list[bytes]] = {}
         self._list_request = pb.ListRunsRequest(
             thread_id=LIST_THREAD, page_size=LIST_PAGE
         ).SerializeToString()
@@ -95,17 +102,20 @@ class Load:
     def _unary(self, target: str, service: str, method: str) -> Any:
         return self.channel(target).unary_unary(PREFIX[service] + method)
 
-    def requests(self, method: str) -> Callable[[], bytes]:
+    def requests(self, method: str, target: str = "") -> Callable[[], bytes]:
         if method == "create":
             return lambda: create_request(self._thread("c"))
         if method == "get":
-            cycle = itertools.cycle(self._get_requests)
+            cycle = itertools.cycle(self._get_by_target.get(target) or self._get_requests)
             return lambda: next(cycle)
         if method == "list":
             return lambda: self._list_request
         raise ValueError(f"unknown method {method}")
 
     # -- commands ----------------------------------------------------------------------
+
+    async def info(self) -> dict[str, Any]:
+        return {"loop": loop_name(), "pid": os.getpid()}
 
     async def seed(self, target: str) -> dict[str, Any]:
         """Create what GetRun/ListRuns read; measure the real request/answer sizes."""
@@ -117,6 +127,8 @@ class Load:
             raw = await create(create_request(self._thread("c")))
             run_id = pb.CreateRunResponse.FromString(raw).run.run_id
             self._get_requests.append(pb.GetRunRequest(run_id=run_id).SerializeToString())
+        # GetRun on this target reads these (several seeded servers: each its own).
+        self._get_by_target[target] = self._get_requests
         sizes["CreateRun"] = len(await create(create_request(self._thread("c"))))
         sizes["GetRun"] = len(await get(self._get_requests[0]))
         interrupt = run_pb2.MULTITASK_STRATEGY_INTERRUPT
@@ -162,7 +174,7 @@ class Load:
         max_calls: int,
     ) -> dict[str, Any]:
         stub = self._unary(target, service, UNARY_METHOD[method])
-        next_request = self.requests(method)
+        next_request = self.requests(method, target)
         latencies: list[float] = []
         errors: list[str] = []
         calls = 0
@@ -268,6 +280,42 @@ class Load:
             for channel in channels:
                 await channel.close()
 
+    async def growth_target(self, target: str, stored: int) -> dict[str, Any]:
+        """GetRun on `target` reads runs spread over all `stored` runs of a `bench.growth`
+        server (ids `bench_run_id(i)`, a fixed random sample); answers the sizes of its
+        CreateRun and GetRun answers (one run created)."""
+        from .growth import bench_run_id
+
+        picks = random.Random(stored).sample(range(stored), min(stored, GROWTH_SAMPLE))
+        requests = [pb.GetRunRequest(run_id=bench_run_id(i)).SerializeToString() for i in picks]
+        self._get_by_target[target] = requests
+        if not self._get_requests:  # what GetRun on the echo cycles over (the same bytes)
+            self._get_requests = requests
+        create = self._unary(target, "subject", "CreateRun")
+        get = self._unary(target, "subject", "GetRun")
+        return {
+            "CreateRun": len(await create(create_request(self._thread("c")))),
+            "GetRun": len(await get(requests[0])),
+        }
+
+    async def changes(
+        self, target: str, service: str, thread: str, count: int, budget: float
+    ) -> dict[str, Any]:
+        """`count` changes on `thread`, one after the other (each sent once the previous
+        was answered), at most `budget` seconds: CreateRun(INTERRUPT) on runcontrol, a
+        Publish keyed by the same thread on the echo. Returns each change's send time
+        (`time.monotonic()`, comparable with other processes' stamps)."""
+        change = self._unary(target, service, CHANGE_METHOD[service])
+        request = create_request(thread, run_pb2.MULTITASK_STRATEGY_INTERRUPT)
+        sent: list[float] = []
+        answered: list[float] = []
+        deadline = time.monotonic() + budget
+        while len(sent) < count and time.monotonic() < deadline:
+            sent.append(time.monotonic())
+            await change(request, timeout=CALL_TIMEOUT)
+            answered.append(time.monotonic())
+        return {"sent": sent, "answered": answered}
+
     async def watch_latency(
         self, watch_target: str, write_target: str, events: int, budget: float
     ) -> dict[str, Any]:
@@ -364,8 +412,18 @@ class Load:
         }
 
 
+def loop_name() -> str:
+    """The running loop's kind: "uvloop" or "asyncio"."""
+    return (
+        "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+    )
+
+
 def main() -> int:
-    asyncio.run(serve_commands(Load()))
+    # The load generator runs on the loop a default install gives the server (uvloop
+    # where it is installed): it is the client of both sides, and the cheaper its own
+    # per-call work, the more of the two shared cores the servers get.
+    eventloop.run(serve_commands(Load()), "auto")
     return 0
 
 

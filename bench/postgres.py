@@ -3,8 +3,8 @@
 One throwaway cluster (`runcontrol_server.pgserver.LocalPostgres`, 127.0.0.1, a free
 port) serves the whole section, one fresh database per side:
 
-- `rc_server`: `python -m runcontrol_server --store URL --pool-size N` (the
-  `runcontrol-server` entry point), replica A; later replica B on the same database;
+- `rc_server`: `runcontrol-server --store URL --pool-size N` (the installed entry
+  point, as in the gRPC section), replica A; later replica B on the same database;
 - `bare`, `bare_counter`, `bare_tx`, `bare_counter_tx`: the bare psycopg loop
   (`bench.pgload`, its own process, on the server's event loop, psycopg_pool of the same
   size N): with or without the counter row, in one round trip or sent the way the
@@ -36,7 +36,16 @@ from typing import TYPE_CHECKING, Any
 
 from runcontrol_server.pgserver import LocalPostgres, PostgresError, find_postgres_bin
 
-from .common import Server, Worker, cpu_seconds, log, median, server_process, worker_process
+from .common import (
+    Server,
+    Worker,
+    cpu_seconds,
+    log,
+    median,
+    server_command,
+    server_process,
+    worker_process,
+)
 
 if TYPE_CHECKING:
     from .run import Plan
@@ -64,9 +73,8 @@ def _rotated(sides: tuple[str, ...], round_index: int) -> tuple[str, ...]:
 
 
 def _server_args(url: str, pool_size: int) -> list[str]:
+    # Started with `server_command()`: the installed entry point, as in the gRPC section.
     return [
-        "-m",
-        "runcontrol_server",
         "--listen",
         "127.0.0.1:0",
         "--log-level",
@@ -228,7 +236,9 @@ def postgres_section(plan: Plan) -> dict[str, Any]:
             worker_process("bench.pgload") as bare,
             worker_process("bench.pgload", ["--loop", "asyncio"]) as sampler,
             worker_process() as load,
-            server_process(_server_args(urls["rc_server"], plan.pg_pool_size)) as replica_a,
+            server_process(
+                _server_args(urls["rc_server"], plan.pg_pool_size), command=server_command()
+            ) as replica_a,
         ):
             answers = [bare.call({"op": "setup", "url": urls[side]}) for side in BARE_SIDES]
             settings = answers[0]
@@ -238,7 +248,9 @@ def postgres_section(plan: Plan) -> dict[str, Any]:
                 f"CreateRun c{plan.pg_concurrency} vs bare psycopg (pool {plan.pg_pool_size})"
             )
             throughput = _throughput(plan, load, bare, sampler, replica_a, urls, pg_pid)
-            with server_process(_server_args(urls["rc_server"], plan.pg_pool_size)) as replica_b:
+            with server_process(
+                _server_args(urls["rc_server"], plan.pg_pool_size), command=server_command()
+            ) as replica_b:
                 log(f"postgres: replica B on {replica_b.address}; watch delivery latency")
                 latency = _latency(plan, load, replica_a, replica_b)
     return {

@@ -26,6 +26,12 @@ FLATNESS_GOAL = 0.8
 WATCH_RSS_GOAL_MB = 5.0
 # PostgreSQL store CreateRun QPS / bare psycopg loop QPS (same cluster, pool, concurrency).
 PG_CREATE_GOAL = 0.5
+# Watcher scale (`bench.scale`): RSS growth of the server holding the streams, and the
+# p99 latency of one change reaching every watcher.
+SCALE_RSS_GOAL_MB = 100.0
+SCALE_REACH_P99_GOAL_MS = 1000.0
+# How it grows (`bench.growth`): bytes a stored finished run with small metadata costs.
+GROWTH_BYTES_GOAL = 1536.0
 
 
 def _metric(
@@ -175,6 +181,253 @@ def _fanout_metrics(fanout: dict[str, Any]) -> list[Metric]:
             )
         )
     return out
+
+
+def _scale_metrics(scale: dict[str, Any]) -> list[Metric]:
+    out: list[Metric] = []
+    n = scale["streams"]
+    idle = scale["idle"]
+    ours, bare = idle["subject"], idle["echo"]
+    growth, bare_growth = ours["growth_mb"], bare["growth_mb"]
+    out.append(
+        _metric(
+            "scale_rss",
+            f"RSS growth, {n:,} idle WatchRuns streams",
+            "scale",
+            subject=growth,
+            baseline=bare_growth,
+            unit="MB",
+            value=growth,
+            value_text=f"{growth:.0f} MB",
+            goal_op="<",
+            goal=SCALE_RSS_GOAL_MB,
+            goal_text=f"< {SCALE_RSS_GOAL_MB:.0f} MB",
+            note=f"{ours['kib_per_stream']:.1f} KiB per stream; the bare grpc.aio echo "
+            f"{bare['kib_per_stream']:.1f} KiB (its growth is the baseline column)",
+            chart=(max(growth, 0.01), SCALE_RSS_GOAL_MB),
+        )
+    )
+    ratio = _ratio(growth, bare_growth)
+    kept = (ours["rss_closed_kib"] - ours["rss_before_kib"]) / 1024
+    bare_kept = (bare["rss_closed_kib"] - bare["rss_before_kib"]) / 1024
+    out.append(
+        _metric(
+            "scale_rss_ratio",
+            f"RSS growth, {n:,} idle streams / bare echo's",
+            "scale",
+            subject=growth,
+            baseline=bare_growth,
+            unit="MB",
+            value=ratio,
+            note=f"after closing them: {kept:.0f} MB above the start (echo {bare_kept:.0f} MB)",
+            chart=(ratio, None),
+        )
+    )
+    cost = _ratio(ours["cpu_per_change_idle_us"], ours["cpu_per_change_none_us"])
+    out.append(
+        _metric(
+            "scale_idle_cost",
+            f"server CPU per change, {n:,} idle watchers open / none",
+            "scale",
+            subject=ours["cpu_per_change_idle_us"],
+            baseline=ours["cpu_per_change_none_us"],
+            unit="us",
+            value=cost,
+            note="a CreateRun on a thread nobody watches; echo: "
+            f"{bare['cpu_per_change_idle_us']:.0f} vs {bare['cpu_per_change_none_us']:.0f} us",
+            chart=(cost, None),
+        )
+    )
+    for key, data in scale["fanout"].items():
+        k = int(key)
+        subject, echo = data["subject"], data["echo"]
+        incomplete = [s for s in ("subject", "echo") if not data[s]["complete"]]
+        ratio = _ratio(subject["rate"], echo["rate"])
+        out.append(
+            _metric(
+                f"scale_fanout_{k}",
+                f"fan-out K={k:,} of {n:,} open / bare",
+                "scale",
+                subject=subject["rate"],
+                baseline=echo["rate"],
+                unit="deliveries/s",
+                value=ratio,
+                note=f"incomplete deliveries: {', '.join(incomplete)}" if incomplete else "",
+                chart=(ratio, None),
+            )
+        )
+        cpu = _ratio(subject["cpu_per_delivery_us"], echo["cpu_per_delivery_us"])
+        out.append(
+            _metric(
+                f"scale_cpu_{k}",
+                f"  server CPU per delivery, K={k:,} / bare",
+                "scale",
+                subject=subject["cpu_per_delivery_us"],
+                baseline=echo["cpu_per_delivery_us"],
+                unit="us",
+                value=cpu,
+                chart=(cpu, None),
+            )
+        )
+        reach = data.get("reach_all")
+        if reach is None:
+            continue
+        ours_r, bare_r = reach["subject"], reach["echo"]
+        p99 = ours_r["p99_ms"]
+        out.append(
+            _metric(
+                "scale_reach_p99",
+                f"one change to all {k:,} watchers: p99 latency",
+                "scale",
+                subject=p99,
+                baseline=bare_r["p99_ms"],
+                unit="ms",
+                value=p99,
+                value_text=f"{p99:.0f} ms",
+                goal_op="<",
+                goal=SCALE_REACH_P99_GOAL_MS,
+                goal_text=f"< {SCALE_REACH_P99_GOAL_MS:.0f} ms",
+                note=f"send to arrival, every watcher of {ours_r['changes']} changes; "
+                f"p50 {ours_r['p50_ms']:.0f} ms (echo {bare_r['p50_ms']:.0f} ms)",
+                chart=(p99 / SCALE_REACH_P99_GOAL_MS, 1.0),
+            )
+        )
+        last = _ratio(ours_r["reach_all_median_ms"], bare_r["reach_all_median_ms"])
+        out.append(
+            _metric(
+                "scale_reach_last",
+                f"  until the last of {k:,} watchers has it (median) / bare",
+                "scale",
+                subject=ours_r["reach_all_median_ms"],
+                baseline=bare_r["reach_all_median_ms"],
+                unit="ms",
+                value=last,
+                note=f"max {ours_r['reach_all_max_ms']:.0f} ms (echo "
+                f"{bare_r['reach_all_max_ms']:.0f} ms)",
+                chart=(last, None),
+            )
+        )
+    return out
+
+
+def _per_run_rss(growth: dict[str, Any]) -> float:
+    """RSS per stored run across the growth servers (largest vs smallest fill)."""
+    sizes = growth["sizes"]
+    low, high = min(sizes), max(sizes)
+    rss = growth["rss_kib"]
+    return _ratio((rss[str(high)] - rss[str(low)]) * 1024, high - low)
+
+
+def _growth_metrics(growth: dict[str, Any]) -> list[Metric]:
+    out: list[Metric] = []
+    memory = growth["memory"]
+    traced = memory["real_traced"]["bytes_per_run"]
+    out.append(
+        _metric(
+            "growth_bytes_per_run",
+            "memory per stored finished run (small metadata)",
+            "growth",
+            subject=traced,
+            unit="B",
+            value=traced,
+            value_text=f"{traced:,.0f} B",
+            goal_op="<=",
+            goal=GROWTH_BYTES_GOAL,
+            goal_text=f"<= {GROWTH_BYTES_GOAL:,.0f} B",
+            note=f"Python objects (tracemalloc) per run created, claimed and finished, slope "
+            f"over {memory['runs']:,} runs; RSS slope {memory['real_rss']['bytes_per_run']:,.0f} "
+            f"B; RSS of the growth servers {_per_run_rss(growth):,.0f} B per run",
+            chart=(traced / GROWTH_BYTES_GOAL, 1.0),
+        )
+    )
+    sizes = growth["sizes"]
+    smallest = str(min(sizes))
+    latency = growth["latency"]
+    echo = latency["echo"]
+    for method, name in (("create", "CreateRun"), ("get", "GetRun")):
+        base = latency[smallest][method]
+        for n in sizes:
+            side = latency[str(n)][method]
+            if str(n) == smallest:
+                diff = side["p50_ms"] - echo[method]["p50_ms"]
+                out.append(
+                    _metric(
+                        f"growth_{method}_{n}",
+                        f"{name} p50 c1, {n:,} runs stored - echo p50",
+                        "growth",
+                        subject=side["p50_ms"],
+                        baseline=echo[method]["p50_ms"],
+                        unit="ms",
+                        value=diff,
+                        value_text=f"{diff:+.3f} ms",
+                    )
+                )
+                continue
+            ratio = _ratio(side["p50_ms"], base["p50_ms"])
+            out.append(
+                _metric(
+                    f"growth_{method}_{n}",
+                    f"{name} p50 c1, {n:,} runs stored / {int(smallest):,} stored",
+                    "growth",
+                    subject=side["p50_ms"],
+                    baseline=base["p50_ms"],
+                    unit="ms",
+                    value=ratio,
+                    note=f"p99 {side['p99_ms']:.3f} vs {base['p99_ms']:.3f} ms",
+                    chart=(ratio, None),
+                )
+            )
+    return out
+
+
+def growth_chart(growth: dict[str, Any], path: Path) -> bool:
+    """Cost against work: CreateRun/GetRun latency (c1) by runs stored, with the echo
+    baseline; memory per stored run with its goal."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    sizes = sorted(growth["sizes"])
+    latency = growth["latency"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    colors = {"create": "#1565c0", "get": "#2e7d32"}
+    for method, name in (("create", "CreateRun"), ("get", "GetRun")):
+        p50 = [latency[str(n)][method]["p50_ms"] for n in sizes]
+        p99 = [latency[str(n)][method]["p99_ms"] for n in sizes]
+        left.plot(sizes, p50, "o-", color=colors[method], label=f"{name} p50")
+        left.plot(sizes, p99, "o--", color=colors[method], alpha=0.6, label=f"{name} p99")
+        echo = latency["echo"][method]["p50_ms"]
+        left.axhline(echo, color=colors[method], linestyle=":", linewidth=1)
+    left.plot([], [], ":", color="grey", label="bare echo p50 (same run)")
+    left.set_xscale("log")
+    left.set_ylim(bottom=0)
+    left.set_xlabel("finished runs stored (in-memory store)")
+    left.set_ylabel("latency at concurrency 1 (ms)")
+    left.set_title("latency against runs stored")
+    left.legend(fontsize=8)
+    memory = growth["memory"]
+    bars = {
+        "Python objects\n(tracemalloc)": memory["real_traced"]["bytes_per_run"],
+        "RSS slope\n(in-process)": memory["real_rss"]["bytes_per_run"],
+        f"RSS, servers\n{sizes[0]:,} -> {sizes[-1]:,}": _per_run_rss(growth),
+    }
+    right.bar(list(bars), list(bars.values()), color="#2e7d32", width=0.5)
+    for x, value in enumerate(bars.values()):
+        right.annotate(f"{value:,.0f} B", (x, value), ha="center", va="bottom", fontsize=9)
+    right.axhline(GROWTH_BYTES_GOAL, color="#c62828", linestyle="--", linewidth=1)
+    right.annotate("goal 1,536 B", (0, GROWTH_BYTES_GOAL), va="bottom", fontsize=8, color="#c62828")
+    right.set_ylim(0, GROWTH_BYTES_GOAL * 1.25)
+    right.set_ylabel("bytes per finished run")
+    right.set_title("memory per stored run (small metadata)")
+    right.tick_params(axis="x", labelsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True
 
 
 def _manager_metrics(manager: dict[str, Any]) -> list[Metric]:
@@ -388,16 +641,45 @@ def _postgres_metrics(pg: dict[str, Any]) -> list[Metric]:
     return out
 
 
+# Why a goal is missed, from the profiles (BENCHMARKS.md says how each was measured);
+# shown in the note of a missed goal.
+MISSED_BECAUSE = {
+    "qps_create_c64": "profile: handler ~49 us + feed reader ~23 us + drain interceptor "
+    "per call over grpc.aio's own (BENCHMARKS.md, round 3)",
+    "p50_create_c1": "profile: as CreateRun c64 (BENCHMARKS.md, round 3)",
+    "qps_get_c64": "profile: the drain interceptor (app.py); 0.95 without it, A/B in "
+    "BENCHMARKS.md, round 3",
+    "p50_get_c1": "profile: the drain interceptor (BENCHMARKS.md, round 3)",
+    "scale_rss": "grpc.aio's own per-stream memory: see the bare echo's growth "
+    "(BENCHMARKS.md, round 3)",
+    "flatness_mix": "all four operations move together between two measurements taken "
+    "at different times (BENCHMARKS.md, round 2)",
+    "pg_create": "CPU-bound on 2 cores (BENCHMARKS.md, PostgreSQL: what limits throughput)",
+}
+
+
+def _explain(metrics: list[Metric]) -> None:
+    for metric in metrics:
+        why = MISSED_BECAUSE.get(metric["id"])
+        if metric["passed"] is False and why:
+            metric["note"] = "; ".join(filter(None, [metric["note"], why]))
+
+
 def build_metrics(raw: dict[str, Any]) -> list[Metric]:
     metrics: list[Metric] = []
     if "grpc" in raw:
         metrics += _unary_metrics(raw["grpc"]["unary"])
         metrics += _fanout_metrics(raw["grpc"]["fanout"])
+    if "scale" in raw:
+        metrics += _scale_metrics(raw["scale"])
+    if "growth" in raw:
+        metrics += _growth_metrics(raw["growth"])
     if "manager" in raw:
         metrics += _manager_metrics(raw["manager"])
     metrics += _memory_metrics(raw)
     if "postgres" in raw:
         metrics += _postgres_metrics(raw["postgres"])
+    _explain(metrics)
     return metrics
 
 
@@ -408,6 +690,10 @@ def _num(value: float | None, unit: str) -> str:
         return f"{value:.3f} ms"
     if unit == "MB":
         return f"{value:.2f} MB"
+    if unit == "us":
+        return f"{value:.1f} us"
+    if unit == "B":
+        return f"{value:,.0f} B"
     return f"{value:,.0f}"
 
 
@@ -511,8 +797,48 @@ def _machine_lines(raw: dict[str, Any]) -> list[str]:
         f"- Python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']} "
         f"(backend `{m['protobuf_backend']}`)",
         f"- load average when the run started: {load} (other work on the machine adds noise)",
+        *_loop_lines(raw),
         *_postgres_lines(raw),
     ]
+
+
+def _loop_lines(raw: dict[str, Any]) -> list[str]:
+    """Which event loop each side ran on, and what the install brings."""
+    install = raw.get("install") or {}
+    lines = []
+    if install:
+        requirement = install.get("uvloop_requirement")
+        extras = [e for e in install.get("uvloop_extras", []) if e not in ("uvloop", "bench")]
+        version = install.get("runcontrol", "?")
+        if requirement:
+            declared = f"a regular dependency of runcontrol {version} (`{requirement}`)"
+        elif extras:
+            names = ", ".join(f"`{e}`" for e in extras)
+            declared = f"brought by runcontrol {version}'s {names} extra (the server's install)"
+        else:
+            declared = f"NOT declared by the installed runcontrol {version} for the server"
+        command = install["server_command"].replace(str(REPO_ROOT) + os.sep, "")
+        lines.append(
+            f"- install: server started as `{command}` with its default "
+            f"`--loop auto`; uvloop {install.get('uvloop') or 'not installed'}, {declared}"
+        )
+    loops = raw.get("grpc", {}).get("loops")
+    if loops:
+        same = loops["server"] == loops["echo"]
+        lines.append(
+            f"- event loops: runcontrol server **{loops['server']}**, echo baseline "
+            f"**{loops['echo']}**, load generator **{loops['load']}**"
+            + ("" if same else " (server and echo differ: the unary ratios are not comparable)")
+            + " (server and echo read from the uvloop module mapped into each process)"
+        )
+    scale = raw.get("scale")
+    if scale and "loops" in scale:
+        sl = scale["loops"]
+        lines.append(
+            f"- watcher scale section: server **{sl['server']}**, echo **{sl['echo']}**, "
+            f"{sl['holders']} watcher-holding processes **{sl['holder']}**"
+        )
+    return lines
 
 
 def _postgres_lines(raw: dict[str, Any]) -> list[str]:
@@ -548,6 +874,8 @@ def results_block(raw: dict[str, Any], metrics: list[Metric], chart_path: Path |
     if chart_path is not None:
         rel = os.path.relpath(chart_path, REPO_ROOT)
         lines += [f"![ratios against their goals]({rel})", ""]
+    if raw.get("growth_chart"):
+        lines += [f"![latency and memory against runs stored]({raw['growth_chart']})", ""]
     lines.append(END_MARK)
     return "\n".join(lines)
 

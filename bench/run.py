@@ -1,10 +1,12 @@
 """The driver: `python -m bench [--quick]`.
 
-Starts runcontrol and the echo baseline as server subprocesses on 127.0.0.1, drives
-them from a separate load process (`bench.load`), runs the in-process manager and
-memory benchmarks in their own subprocesses, measures the PostgreSQL store against a
-bare psycopg loop on a throwaway local cluster (`bench.postgres`), and hands
-everything to `report`.
+Starts runcontrol (the installed `runcontrol-server` entry point, default flags) and
+the echo baseline as server subprocesses on 127.0.0.1, drives them from a separate load
+process (`bench.load`), holds 10,000 watch streams on each from watcher processes
+(`bench.scale`, `bench.watchers`), measures latency and memory against the runs stored
+(`bench.growth`), runs the in-process manager and memory benchmarks in their own
+subprocesses, measures the PostgreSQL store against a bare psycopg loop on a throwaway
+local cluster (`bench.postgres`), and hands everything to `report`.
 Baseline and subject rounds are interleaved (A/B, then B/A) after a warm-up; the
 median of the rounds is reported.
 """
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,15 +26,20 @@ from .common import (
     REPO_ROOT,
     Server,
     Worker,
+    event_loop_of,
+    install_info,
     log,
     machine_info,
     median,
     now_utc,
     run_json_module,
+    server_command,
     server_process,
     worker_process,
 )
+from .growth import growth_section
 from .postgres import postgres_section
+from .scale import scale_section
 
 SERVICES = ("echo", "subject")
 METHODS = ("create", "get", "list")
@@ -64,6 +72,21 @@ class Plan:
     pg_max_ops: int
     latency_events: int
     latency_warmup_events: int
+    # Watcher scale (`bench.scale`): streams held open on each server by scale_holders
+    # processes; fan-out rounds at each K with scale_changes[K] changes; reach-all over
+    # scale_latency_changes changes one at a time; every wait bounded by scale_budget.
+    scale_streams: int = 10_000
+    scale_holders: int = 4
+    scale_ks: tuple[int, ...] = (100, 1_000, 10_000)
+    scale_changes: dict[str, int] = field(default_factory=dict)
+    scale_rounds: int = 1
+    scale_latency_changes: int = 5
+    scale_idle_changes: int = 200
+    scale_budget: float = 120.0
+    # How it grows (`bench.growth`): servers holding these many finished runs; memory per
+    # stored run measured in-process over growth_memory_runs runs.
+    growth_sizes: tuple[int, ...] = (1_000, 100_000, 1_000_000)
+    growth_memory_runs: int = 100_000
     pg_concurrency: int = 64
     pg_pool_size: int = 10
     pg_budget: float = 60.0
@@ -90,6 +113,11 @@ QUICK = Plan(
     pg_max_ops=50_000,
     latency_events=50,
     latency_warmup_events=10,
+    scale_changes={"100": 40, "1000": 8, "10000": 3},
+    scale_rounds=1,
+    scale_latency_changes=3,
+    scale_idle_changes=100,
+    growth_memory_runs=20_000,
 )
 FULL = Plan(
     mode="full",
@@ -111,6 +139,10 @@ FULL = Plan(
     pg_max_ops=1_000_000,
     latency_events=300,
     latency_warmup_events=30,
+    scale_changes={"100": 200, "1000": 30, "10000": 6},
+    scale_rounds=3,
+    scale_latency_changes=10,
+    scale_idle_changes=300,
 )
 
 
@@ -250,8 +282,12 @@ def watch_memory_section(
 
 
 def grpc_sections(plan: Plan) -> dict[str, Any]:
-    subject_args = ["-m", "runcontrol_server", "--listen", "127.0.0.1:0", "--log-level", "WARNING"]
-    with server_process(subject_args) as subject, worker_process() as worker:
+    # The server exactly as installed: the entry point with its default flags.
+    subject_args = ["--listen", "127.0.0.1:0", "--log-level", "WARNING"]
+    with (
+        server_process(subject_args, command=server_command()) as subject,
+        worker_process() as worker,
+    ):
         log(f"runcontrol on {subject.address} (pid {subject.pid}); seeding")
         seed = worker.call({"op": "seed", "target": subject.address})
         echo_args = ["-m", "bench.echo_server", "--listen", "127.0.0.1:0"]
@@ -260,7 +296,14 @@ def grpc_sections(plan: Plan) -> dict[str, Any]:
             log(f"echo on {echo.address} (pid {echo.pid}); sizes {seed['sizes']}")
             servers = {"subject": subject, "echo": echo}
             available = bool(seed["watch_available"])
+            loops = {
+                "server": event_loop_of(subject.pid),
+                "echo": event_loop_of(echo.pid),
+                "load": worker.call({"op": "info"})["loop"],
+            }
+            log(f"event loops: {loops}")
             return {
+                "loops": loops,
                 "seed": seed,
                 "unary": unary_section(plan, worker, servers),
                 "fanout": fanout_section(plan, worker, servers, available),
@@ -270,10 +313,14 @@ def grpc_sections(plan: Plan) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="the < 1 minute run")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="the ~2 minute run (a smoke check: too short to decide a goal)",
+    )
     parser.add_argument(
         "--only",
-        choices=("grpc", "manager", "memory", "postgres"),
+        choices=("grpc", "scale", "growth", "manager", "memory", "postgres"),
         action="append",
         help="run only these sections (repeatable); the report covers what ran",
     )
@@ -291,12 +338,21 @@ def main(argv: list[str] | None = None) -> int:
     plan = QUICK if args.quick else FULL
     if args.pg_durable:
         plan = replace(plan, pg_durable=True)
-    sections = set(args.only or ("grpc", "manager", "memory", "postgres"))
+    sections = set(args.only or ("grpc", "scale", "growth", "manager", "memory", "postgres"))
     started = time.perf_counter()
-    raw: dict[str, Any] = {"plan": asdict(plan), "machine": machine_info(), "date": now_utc()}
+    raw: dict[str, Any] = {
+        "plan": asdict(plan),
+        "machine": machine_info(),
+        "install": install_info(),
+        "date": now_utc(),
+    }
 
     if "grpc" in sections:
         raw["grpc"] = grpc_sections(plan)
+    if "scale" in sections:
+        raw["scale"] = scale_section(plan)
+    if "growth" in sections:
+        raw["growth"] = growth_section(plan)
     if "manager" in sections:
         log(f"manager scale {plan.manager_sizes}")
         raw["manager"] = run_json_module(
@@ -329,6 +385,9 @@ def main(argv: list[str] | None = None) -> int:
     metrics = report.build_metrics(raw)
     print(report.table(metrics))
     args.out.mkdir(parents=True, exist_ok=True)
+    growth_path = args.out / "growth.png"
+    if "growth" in raw and report.growth_chart(raw["growth"], growth_path):
+        raw["growth_chart"] = os.path.relpath(growth_path, REPO_ROOT)
     json_path = args.out / "latest.json"
     json_path.write_text(json.dumps({"metrics": metrics, "raw": raw}, indent=2) + "\n")
     chart_path = args.out / "ratios.png"
