@@ -166,7 +166,9 @@ def install_info() -> dict[str, Any]:
     import re
     from importlib import metadata
 
-    info: dict[str, Any] = {"server_command": " ".join(server_command())}
+    # Relative to the checkout: results are committed, and must not name this machine.
+    command = " ".join(server_command()).replace(str(REPO_ROOT) + os.sep, "")
+    info: dict[str, Any] = {"server_command": command}
     try:
         requires = metadata.requires("runcontrol") or []
         info["runcontrol"] = metadata.version("runcontrol")

@@ -817,9 +817,8 @@ def _loop_lines(raw: dict[str, Any]) -> list[str]:
             declared = f"brought by runcontrol {version}'s {names} extra (the server's install)"
         else:
             declared = f"NOT declared by the installed runcontrol {version} for the server"
-        command = install["server_command"].replace(str(REPO_ROOT) + os.sep, "")
         lines.append(
-            f"- install: server started as `{command}` with its default "
+            f"- install: server started as `{install['server_command']}` with its default "
             f"`--loop auto`; uvloop {install.get('uvloop') or 'not installed'}, {declared}"
         )
     loops = raw.get("grpc", {}).get("loops")
