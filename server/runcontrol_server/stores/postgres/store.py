@@ -48,6 +48,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from ...domain.errors import (
+    LeaseNotHeld,
     RequestIdReused,
     RevisionCompacted,
     RevisionMismatch,
@@ -771,11 +772,15 @@ class PostgresRunStore:
         return changed
 
     async def renew_lease(self, run_id: str, worker_id: str) -> tuple[Run, datetime]:
-        rows = await self._fetch(_RENEW, (run_id, worker_id))
-        if rows:
-            return run_from_row(rows[0]), utc(rows[0][len(Run._fields)])
-        check_renewal(await self.get_run(run_id), worker_id)  # says why (or not found)
-        raise AssertionError("unreachable: the run holds no lease for this worker")
+        for _ in range(_ATTEMPTS):
+            rows = await self._fetch(_RENEW, (run_id, worker_id))
+            if rows:
+                return run_from_row(rows[0]), utc(rows[0][len(Run._fields)])
+            # Says why (or not found). It passes only if the worker claimed the run
+            # again between the two reads (a lapse, then a new claim): renew that claim.
+            run = await self.get_run(run_id)
+            check_renewal(run, worker_id)
+        raise LeaseNotHeld(run_id, run.status, run.worker_id)  # flapping: not ours to renew
 
     async def purge_finished(self, finished_before: datetime, limit: int) -> list[Run]:
         async with self._transaction() as (conn, pipeline):
