@@ -11,6 +11,8 @@ RUNTIME_STAMP := $(VENV)/.installed-runtime
 TOOLS := .tools
 BUF_VERSION := 1.75.0
 BUF := $(TOOLS)/node_modules/.bin/buf
+PROTOC_GEN_ES := $(TOOLS)/node_modules/.bin/protoc-gen-es
+PROTOC_GEN_ES_VERSION := 2.17.0
 # Empty: the server's own default (127.0.0.1:50051) or RUNCONTROL_LISTEN decides.
 LISTEN ?=
 PROTO_FILES := $(wildcard protos/runcontrol/v1/*.proto)
@@ -47,8 +49,9 @@ $(RUNTIME_STAMP): pyproject.toml | $(PY)
 		$(PY) -m pip install --quiet --upgrade pip && \
 		$(PY) -m pip install --quiet -e '.[server]' && touch $@; fi
 
-$(BUF):
-	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS) @bufbuild/buf@$(BUF_VERSION)
+$(BUF) $(PROTOC_GEN_ES) &:
+	npm install --silent --no-audit --no-fund --no-save --prefix $(TOOLS) \
+		@bufbuild/buf@$(BUF_VERSION) @bufbuild/protoc-gen-es@$(PROTOC_GEN_ES_VERSION)
 
 serve: $(RUNTIME_STAMP) ## serve on 127.0.0.1:50051, in memory (LISTEN=HOST:PORT or RUNCONTROL_LISTEN)
 	$(VENV)/bin/runcontrol-server $(if $(LISTEN),--listen $(LISTEN))
@@ -83,13 +86,14 @@ lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, buf breaking vs ma
 typecheck: $(STAMP) ## mypy --strict on client and server code
 	$(VENV)/bin/mypy
 
-proto: $(STAMP) ## regenerate client/runcontrol/v1 and the Node package's copy (client/node/proto) from protos/
+proto: $(STAMP) $(BUF) $(PROTOC_GEN_ES) ## regenerate client/runcontrol/v1, the TypeScript/JavaScript code (buf.gen.yaml) and the Node package's proto copy
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 		--python_out=client --grpc_python_out=client --mypy_out=quiet:client --mypy_grpc_out=quiet:client \
 		$(PROTO_FILES)
 	rm -rf $(NODE_PROTO_DIR) && mkdir -p $(NODE_PROTO_DIR) && cp $(PROTO_FILES) $(NODE_PROTO_DIR)/
+	$(BUF) generate
 
-GENERATED := client/runcontrol/v1 $(NODE_PROTO_DIR)
+GENERATED := client/runcontrol/v1 $(NODE_PROTO_DIR) client/node/src/gen client/web/src/gen
 proto-check: proto ## fail when the committed generated code or proto copy differs from `make proto`
 	@git diff --exit-code -- $(GENERATED) || { echo 'generated code drifted: run make proto and commit'; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { echo 'untracked or deleted generated files:'; git status --porcelain -- $(GENERATED); exit 1; }

@@ -6,7 +6,7 @@
  *
  * The three messages are tiny, so they are decoded by hand from the protobuf
  * wire format instead of pulling in a second protobuf runtime. Field numbers
- * follow the local copies in ../proto/google/rpc/*.proto (same numbers as
+ * follow the local copies in third_party/googleapis/google/rpc/*.proto (same numbers as
  * upstream googleapis); test/status.test.js checks these constants against
  * those files and against bytes serialized by the Python protobuf runtime.
  *
@@ -14,7 +14,7 @@
  * the original gRPC error.
  */
 
-/** Field numbers, mirrored from proto/google/rpc/*.proto and google/protobuf/any.proto. */
+/** Field numbers, mirrored from third_party/googleapis/google/rpc/*.proto and google/protobuf/any.proto. */
 const FIELDS = Object.freeze({
   status: Object.freeze({ code: 1, message: 2, details: 3 }),
   any: Object.freeze({ type_url: 1, value: 2 }),

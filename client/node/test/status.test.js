@@ -68,7 +68,7 @@ test('unknown fields and fixed-width fields are skipped', () => {
 
 test('field numbers match the local google/rpc protos', () => {
   const defs = protoLoader.loadSync(['google/rpc/status.proto', 'google/rpc/error_details.proto'], {
-    includeDirs: [path.resolve(__dirname, '..', 'proto')],
+    includeDirs: [path.resolve(__dirname, '..', '..', '..', 'third_party', 'googleapis')],
     keepCase: true,
   });
   /** @param {string} name */
