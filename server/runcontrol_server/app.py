@@ -15,9 +15,8 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -36,15 +35,13 @@ from .config import (
     split_host_port,
     store_limits_of,
 )
-from .domain.errors import ShuttingDown
 from .domain.manager import RunManager
 from .domain.store import RunStore
 from .http.handlers import InterceptedMethods, MethodTable
 from .observability import Observability
 from .observability.logs import formatter as log_formatter
 from .security.server import ServerSecurity
-from .servicer import Limits, RunControlServicer, add_to_server
-from .servicer.errors import mapped_errors
+from .servicer import DrainGate, Limits, RunControlServicer, add_to_server
 from .servicer.malformed import TolerantRegistrar
 from .stores.memory import InMemoryRunStore
 
@@ -64,11 +61,6 @@ class ConfigurationError(RuntimeError):
 
 RUN_CONTROL_SERVICE = run_control_pb2.DESCRIPTOR.services_by_name["RunControl"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
-# Services that keep answering while draining: health must be able to say NOT_SERVING,
-# and reflection is harmless metadata.
-_ALWAYS_SERVED = (f"/{HEALTH_SERVICE}/", f"/{reflection.SERVICE_NAME}/")
-_Req = TypeVar("_Req")
-_Resp = TypeVar("_Resp")
 
 
 def configure_logging(settings: Settings) -> None:
@@ -154,63 +146,6 @@ def connection_options(settings: Settings) -> list[tuple[str, int]]:
                 ("grpc.max_connection_age_grace_ms", ms(settings.max_connection_age_grace))
             )
     return options
-
-
-class _DrainInterceptor(grpc.aio.ServerInterceptor):
-    """While draining, answers new RunControl calls with UNAVAILABLE / SHUTTING_DOWN.
-
-    Calls already past this point are in flight and run on under the grace period.
-    """
-
-    def __init__(self, manager: RunManager) -> None:
-        self._manager = manager
-        self.draining = False
-
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[_Req, _Resp] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[_Req, _Resp] | None:
-        handler = await continuation(handler_call_details)
-        method = handler_call_details.method
-        # None means an unknown method: let gRPC answer UNIMPLEMENTED as usual.
-        if not self.draining or handler is None or method.startswith(_ALWAYS_SERVED):
-            return handler
-        return self._refusing_handler(handler)
-
-    async def _abort(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
-        # Through the servicer's error table, so the status matches every other
-        # SHUTTING_DOWN (code, reason, resume revision in the metadata).
-        async with mapped_errors(context):
-            raise ShuttingDown(await self._manager.revision())
-
-    def _refusing_handler(
-        self, handler: grpc.RpcMethodHandler[_Req, _Resp]
-    ) -> grpc.RpcMethodHandler[_Req, _Resp]:
-        # The refusal must have the same arity as the real method, or gRPC would
-        # read or write the stream with the wrong shape.
-        abort = self._abort
-        codec: dict[str, Any] = {
-            "request_deserializer": handler.request_deserializer,
-            "response_serializer": handler.response_serializer,
-        }
-
-        async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await abort(context)
-
-        async def streaming(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-            await abort(context)
-            yield  # pragma: no cover - makes this an async generator; abort raises
-
-        if handler.unary_unary is not None:
-            return grpc.unary_unary_rpc_method_handler(unary, **codec)
-        if handler.unary_stream is not None:
-            return grpc.unary_stream_rpc_method_handler(streaming, **codec)
-        if handler.stream_unary is not None:
-            return grpc.stream_unary_rpc_method_handler(unary, **codec)
-        return grpc.stream_stream_rpc_method_handler(streaming, **codec)
 
 
 class _WatchContext:
@@ -302,7 +237,7 @@ class RunControlServer:
         self._settings = settings
         self._manager = manager if manager is not None else build_manager(settings)
         self._health = _DrainingHealth()
-        self._drain = _DrainInterceptor(self._manager)
+        self._drain = DrainGate(self._manager.revision)
         try:
             self._security = ServerSecurity(settings, RUN_CONTROL_SERVICE)
         except ValueError as error:  # a TLS or tokens file went bad since parsing
@@ -318,13 +253,9 @@ class RunControlServer:
             limits=limits or limits_of(settings),
             page_token_key=page_token_key,
         )
-        # Authentication first: an unknown caller learns nothing, not even draining.
-        # Observability outermost, so refused calls are counted, logged and traced.
-        interceptors = [
-            *self._observability.interceptors,
-            *self._security.interceptors,
-            self._drain,
-        ]
+        # Observability outermost, so refused calls are counted, logged and traced; the
+        # drain gate is checked inside, by the handlers' own wrapper (servicer/drain.py).
+        interceptors = [*self._observability.interceptors, *self._security.interceptors]
         self._server = grpc.aio.server(
             interceptors=interceptors,
             maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
@@ -340,7 +271,7 @@ class RunControlServer:
         # Not the generated add_RunControlServicer_to_server: answers are pre-encoded bytes.
         # The table keeps the handlers, so HTTP calls run the very same ones.
         methods = MethodTable(self._server)
-        add_to_server(self._servicer, cast(grpc.aio.Server, methods))  # registers like one
+        add_to_server(self._servicer, cast(grpc.aio.Server, methods), gate=self._drain)
         self._http = (
             _http_listener(settings, InterceptedMethods(methods, interceptors))
             if settings.http_listen is not None
@@ -381,7 +312,7 @@ class RunControlServer:
 
     @property
     def draining(self) -> bool:
-        return self._drain.draining
+        return self._drain.closed
 
     async def start(self) -> str:
         """Bind `settings.listen`, start serving, and return the bound "HOST:PORT"."""
@@ -423,9 +354,9 @@ class RunControlServer:
 
     async def begin_drain(self) -> None:
         """Report NOT_SERVING and refuse new RunControl calls; in-flight ones continue."""
-        if self._drain.draining:
+        if self._drain.closed:
             return
-        self._drain.draining = True
+        self._drain.close()
         # Permanent: later `set` calls are ignored, so nothing flips it back to SERVING.
         await self._health.drain()
         # Streams and waits would otherwise hold the grace period open and then be

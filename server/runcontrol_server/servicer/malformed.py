@@ -25,6 +25,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from ..domain.errors import MalformedRequest
+from .drain import DrainGate
 from .errors import answer_error, to_grpc_status
 from .throttled_log import ThrottledLog
 
@@ -82,14 +83,15 @@ async def refuse(request: Malformed, context: _Context) -> None:
     await context.abort_with_status(to_grpc_status(MalformedRequest(request.message_type)))
 
 
-def refusing_malformed(handler: _Handler, *, answer_errors: bool = False) -> _Handler:
+def refusing_malformed(handler: _Handler, *, gate: DrainGate | None = None) -> _Handler:
     """`handler` with a `tolerant` deserializer and a behaviour that answers `Malformed`
     requests itself; the kind (unary or stream, coroutine or async generator) is kept,
     as grpc.aio chooses its API by it.
 
-    `answer_errors` (RunControl's own methods): every exception of the behaviour is
-    answered through the one error table (`errors.answer_error`), so handlers raise and
-    never build a status themselves.
+    With a `gate` (RunControl's own methods): a call arriving once the gate is closed
+    is answered SHUTTING_DOWN, and every exception of the behaviour is answered through
+    the one error table (`errors.answer_error`), so handlers raise and never build a
+    status themselves.
     """
     deserializer = handler.request_deserializer
     if deserializer is None:  # raw bytes: there is nothing to parse
@@ -99,10 +101,10 @@ def refusing_malformed(handler: _Handler, *, answer_errors: bool = False) -> _Ha
         "response_serializer": handler.response_serializer,
     }
     if handler.unary_unary is not None:
-        behaviour = _unary(handler.unary_unary, answer_errors)
+        behaviour = _unary(handler.unary_unary, gate)
         return grpc.unary_unary_rpc_method_handler(behaviour, **codec)
     if handler.unary_stream is not None:
-        behaviour = _unary(handler.unary_stream, answer_errors)
+        behaviour = _unary(handler.unary_stream, gate)
         return grpc.unary_stream_rpc_method_handler(behaviour, **codec)
     if handler.stream_unary is not None:
         return grpc.stream_unary_rpc_method_handler(_streamed(handler.stream_unary), **codec)
@@ -110,26 +112,29 @@ def refusing_malformed(handler: _Handler, *, answer_errors: bool = False) -> _Ha
     return grpc.stream_stream_rpc_method_handler(_streamed(handler.stream_stream), **codec)
 
 
-def _unary(behaviour: Any, answer_errors: bool) -> Any:
+def _unary(behaviour: Any, gate: DrainGate | None) -> Any:
     """A one-request behaviour that answers a `Malformed` request instead of running
-    (and, with `answer_errors`, its failures through the error table)."""
+    (and, with a `gate`, calls arriving while it is closed with SHUTTING_DOWN and its
+    failures through the error table)."""
     if inspect.isasyncgenfunction(behaviour):
 
         async def generator(request: Any, context: _Context) -> AsyncIterator[Any]:
+            if gate is not None and gate.closed:
+                await answer_error(context, await gate.refusal())
             if type(request) is Malformed:
                 await refuse(request, context)
             try:
                 async for response in behaviour(request, context):
                     yield response
             except Exception as error:
-                if not answer_errors:
+                if gate is None:
                     raise
                 await answer_error(context, error)
 
         return generator
     if not inspect.iscoroutinefunction(behaviour):
         raise TypeError(f"{behaviour!r}: only grpc.aio (async) behaviours can be wrapped")
-    if not answer_errors:
+    if gate is None:
 
         async def plain(request: Any, context: _Context) -> Any:
             if type(request) is Malformed:
@@ -139,6 +144,8 @@ def _unary(behaviour: Any, answer_errors: bool) -> Any:
         return plain
 
     async def answering(request: Any, context: _Context) -> Any:
+        if gate.closed:
+            await answer_error(context, await gate.refusal())
         if type(request) is Malformed:
             await refuse(request, context)
         try:

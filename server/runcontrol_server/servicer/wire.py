@@ -36,6 +36,7 @@ from .convert import (
     STATUS_TO_PROTO,
     STRATEGY_TO_PROTO,
 )
+from .drain import DrainGate
 from .malformed import refusing_malformed
 
 # Encoded runs kept: one entry per run id (a newer revision replaces the older), the
@@ -462,12 +463,13 @@ PRE_ENCODED = frozenset(
 _SERVICE = pb.DESCRIPTOR.services_by_name["RunControl"]
 
 
-def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
+def add_to_server(servicer: object, server: grpc.aio.Server, *, gate: DrainGate) -> None:
     """Register the RunControl servicer: like the generated
     `add_RunControlServicer_to_server`, but the `PRE_ENCODED` methods pass their
     bytes through, bytes that do not parse as the request are answered
-    MALFORMED_REQUEST, and every failure of a handler is answered from the one error
-    table (`malformed.refusing_malformed`).
+    MALFORMED_REQUEST, calls arriving once `gate` is closed SHUTTING_DOWN, and every
+    failure of a handler is answered from the one error table
+    (`malformed.refusing_malformed`).
 
     Built from the service descriptor, so every other method keeps the generated codec.
     """
@@ -491,7 +493,7 @@ def add_to_server(servicer: object, server: grpc.aio.Server) -> None:
             handler = grpc.unary_unary_rpc_method_handler(behaviour, **codec)
         else:
             handler = grpc.unary_stream_rpc_method_handler(behaviour, **codec)
-        handlers[method.name] = refusing_malformed(handler, answer_errors=True)
+        handlers[method.name] = refusing_malformed(handler, gate=gate)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler(_SERVICE.full_name, handlers),)
     )
