@@ -19,7 +19,8 @@ class FlakyStore(InMemoryRunStore):
     """Fails `read_changes` while `failures` is positive (an outage), counting reads."""
 
     def __init__(self, history_limit: int = 1000) -> None:
-        super().__init__(history_limit=history_limit)
+        # Its feed read like a database's, through the reader under test.
+        super().__init__(history_limit=history_limit, local_feed=False)
         self.failures = 0
         self.blocked = False
         self.reads = 0
@@ -94,3 +95,22 @@ async def test_a_cache_left_behind_the_feed_restarts_and_wakes_waiters() -> None
 def test_the_cache_needs_a_running_loop_only_when_started() -> None:
     cache = FeedCache(InMemoryRunStore())  # no loop here: nothing is started
     assert not cache.running
+
+
+async def test_an_in_process_store_lends_its_history_and_no_reader_runs() -> None:
+    store = InMemoryRunStore()
+    manager = RunManager(store)
+    await manager.start()
+    try:
+        assert manager.feed.history is store.local_history()
+        assert manager.feed.running
+        run = (await manager.create_run("t1")).run
+        # In the cache when the write returns: nothing to follow, nothing to wait for.
+        assert manager.feed.history.head_revision == run.create_revision
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == "runcontrol-feed"]
+        await manager.feed.catch_up(run.create_revision)
+        with pytest.raises(InvalidArgument):
+            await manager.feed.catch_up(run.create_revision + 1)
+    finally:
+        await manager.close()
+    assert not manager.feed.running

@@ -15,6 +15,10 @@ When the cache falls so far behind that the store no longer keeps the next revis
 again at the store's oldest kept revision: watchers behind that point end with
 REVISION_COMPACTED (their clients re-list, as after any compaction) and `on_resync`
 callbacks let waiters re-read what they wait for.
+
+A store that lives in this process (`RunStore.local_history`, the in-memory store)
+lends its own history instead: there is nothing to follow, so no reader runs and the
+cache is never behind.
 """
 
 from __future__ import annotations
@@ -57,23 +61,33 @@ class FeedCache:
         read_batch: int = READ_BATCH,
     ) -> None:
         self._store = store
-        # Bounded by count here; beyond that it drops what the store compacts (by the
-        # store's count and age bounds), so it never serves a revision the store no
+        local = store.local_history()
+        # The store's own history when it is in this process (bounded by the store).
+        self._local = local is not None
+        # Else bounded by count here; beyond that it drops what the store compacts (by
+        # the store's count and age bounds), so it never serves a revision the store no
         # longer keeps: REVISION_COMPACTED means the same on every replica.
-        self.history = ChangeHistory(
-            max_changes=max_changes, max_age=None, now=functools.partial(datetime.now, UTC)
+        self.history = (
+            local
+            if local is not None
+            else ChangeHistory(
+                max_changes=max_changes, max_age=None, now=functools.partial(datetime.now, UTC)
+            )
         )
         self._max_changes = max_changes
         self.catch_up_timeout = catch_up_timeout
         self._poll_interval = poll_interval
         self._read_batch = read_batch
         self._task: asyncio.Task[None] | None = None
+        self._following = False
         self._primed: asyncio.Event | None = None
         self._resync_callbacks: list[Callable[[], None]] = []
         self.resyncs = 0  # times the cache restarted past a gap (for tests and metrics)
 
     @property
     def running(self) -> bool:
+        if self._local:
+            return self._following
         return self._task is not None and not self._task.done()
 
     def on_resync(self, callback: Callable[[], None]) -> None:
@@ -82,6 +96,12 @@ class FeedCache:
 
     def start(self) -> None:
         """Start following the feed (idempotent). Needs a running event loop."""
+        if self._local:
+            if self._primed is None:
+                self._primed = asyncio.Event()
+                self._primed.set()
+            self._following = True
+            return
         if self._task is None:
             self._primed = asyncio.Event()
             self._task = asyncio.get_running_loop().create_task(
@@ -91,9 +111,11 @@ class FeedCache:
     async def stop(self) -> None:
         """Stop following (idempotent); waiting readers are woken to look again."""
         task, self._task = self._task, None
-        if task is None:
+        following, self._following = self._following, False
+        if task is not None:
+            await stop_task(task)
+        elif not following:
             return
-        await stop_task(task)
         self.history.wake()
 
     async def ready(self) -> None:

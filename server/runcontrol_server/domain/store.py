@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
+from .history import ChangeHistory
 from .model import (
     CancelAction,
     CancelOutcome,
@@ -96,6 +97,16 @@ class RunStore(Protocol):
     # -- the change feed: every committed change set, in revision order ----------------
     # One reader per process follows it into the process's watch cache (`feed.FeedCache`);
     # watchers, waiters and the janitor read that cache, never the store's feed directly.
+
+    def local_history(self) -> ChangeHistory | None:
+        """The store's own change history when the store lives in this process (the
+        in-memory store), else None (a database shared by replicas).
+
+        The process's watch cache then IS that history: no reader task wakes after
+        every write to copy what is already here, and a change is in the cache when
+        the write that made it returns.
+        """
+        ...
 
     async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
         """Up to `limit` committed change sets with a revision > `after`, in order, with no

@@ -129,8 +129,13 @@ class InMemoryRunStore:
         history_limit: int = DEFAULT_HISTORY_LIMIT,
         history_max_age: timedelta | None = DEFAULT_MAX_AGE,
         limits: StoreLimits = DEFAULT_STORE_LIMITS,
+        local_feed: bool = True,
     ) -> None:
+        """`local_feed=False` hides the history from this process's feed cache
+        (`local_history`), which then reads the feed like a database's: for tests of
+        that reader."""
         self._clock = clock or MonotonicClock()
+        self._local_feed = local_feed
         self._limits = limits
         # This process's runs: gone with it, so each store is a new identity.
         self._identity = f"memory-{uuid.uuid4()}"
@@ -189,6 +194,9 @@ class InMemoryRunStore:
         return self._revision
 
     # -- the change feed ---------------------------------------------------------------
+
+    def local_history(self) -> ChangeHistory | None:
+        return self._feed if self._local_feed else None
 
     async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
         return self._feed.since(after + 1, limit)

@@ -483,6 +483,9 @@ class PostgresRunStore:
 
     # -- the change feed ---------------------------------------------------------------
 
+    def local_history(self) -> None:
+        return None  # shared by replicas: each process follows the feed
+
     async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
         async with self._connection() as conn, conn.pipeline():
             rows_cursor = await conn.execute(
