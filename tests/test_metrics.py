@@ -67,6 +67,7 @@ def calls(samples: Samples, method: str, code: str) -> float | None:
         service="runcontrol.v1.RunControl",
         method=method,
         code=code,
+        protocol="grpc",
     )
 
 
@@ -102,6 +103,7 @@ async def test_scrape_counts_calls_runs_watchers_and_waiters(server: InProcessSe
         "runcontrol_rpc_duration_seconds_count",
         service="runcontrol.v1.RunControl",
         method="CreateRun",
+        protocol="grpc",
     )
     assert duration_count == 4  # every CreateRun, whatever its code
     runs = {
@@ -139,6 +141,7 @@ async def test_scrape_counts_calls_runs_watchers_and_waiters(server: InProcessSe
         "runcontrol_stream_duration_seconds_count",
         service="runcontrol.v1.RunControl",
         method="WatchRuns",
+        protocol="grpc",
     )
     assert stream_count == 1
     assert calls(samples, "WaitRun", "OK") == 1
@@ -203,6 +206,10 @@ class _BlockableStore(InMemoryRunStore):
     """Its change feed can be made unreadable (`blocked`), as in an outage."""
 
     blocked = False
+
+    def __init__(self, history_limit: int) -> None:
+        # Read like a database's feed, by the feed cache's reader.
+        super().__init__(history_limit=history_limit, local_feed=False)
 
     async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
         if self.blocked:
