@@ -59,7 +59,7 @@ serve: $(RUNTIME_STAMP) ## serve on 127.0.0.1:50051, in memory (LISTEN=HOST:PORT
 serve-replicas: $(STAMP) ## a throwaway PostgreSQL and two replicas on 127.0.0.1:50051 and 50052
 	$(PY) -m runcontrol_server.replicas
 
-test: lint typecheck proto-check pytest node-test ## every check and every test (what CI runs)
+test: lint typecheck proto-check web-check pytest node-test ## every check and every test (what CI runs)
 
 # The Node client's dependencies: its own tests and the README's JavaScript blocks
 # (run by pytest) need them.
@@ -67,8 +67,8 @@ NODE_DEPS := client/node/node_modules/.package-lock.json
 $(NODE_DEPS): client/node/package-lock.json
 	cd client/node && npm ci --no-audit --no-fund --silent
 
-pytest: $(STAMP) $(NODE_DEPS) ## the test suite only, with coverage
-	$(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
+pytest: $(STAMP) $(NODE_DEPS) chromium ## the test suite only, with coverage
+	RUNCONTROL_CHROMIUM='$(CHROMIUM)' $(PY) -m pytest --cov --cov-report=term $(PYTEST_ARGS)
 	$(PY) -m coverage report --include='*/runcontrol_server/domain/*' --fail-under=95 > /dev/null || \
 		{ echo 'domain branch coverage is below 95%:'; $(PY) -m coverage report --include='*/runcontrol_server/domain/*'; exit 1; }
 
@@ -97,6 +97,37 @@ GENERATED := client/runcontrol/v1 $(NODE_PROTO_DIR) client/node/src/gen client/w
 proto-check: proto ## fail when the committed generated code or proto copy differs from `make proto`
 	@git diff --exit-code -- $(GENERATED) || { echo 'generated code drifted: run make proto and commit'; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { echo 'untracked or deleted generated files:'; git status --porcelain -- $(GENERATED); exit 1; }
+
+# The web view (client/web): TypeScript bundled by esbuild into the server package's
+# runcontrol_server/http/web_assets/, which is committed (serving the page needs no
+# Node.js) and checked for drift like the generated code.
+WEB_DEPS := client/web/node_modules/.package-lock.json
+WEB_ASSETS := server/runcontrol_server/http/web_assets
+$(WEB_DEPS): client/web/package-lock.json
+	cd client/web && npm ci --no-audit --no-fund --silent
+
+.PHONY: web web-check chromium
+web: $(WEB_DEPS) ## type-check client/web and rebuild the web view into the server package
+	cd client/web && npm run --silent typecheck && npm run --silent build
+
+web-check: web ## fail when the committed web view differs from `make web`
+	@git diff --exit-code -- $(WEB_ASSETS) || { echo 'web view drifted: run make web and commit'; exit 1; }
+	@test -z "$$(git status --porcelain -- $(WEB_ASSETS))" || { echo 'untracked or deleted web view files:'; git status --porcelain -- $(WEB_ASSETS); exit 1; }
+
+# The browser test (tests/test_web_view.py) drives Debian's Chromium with Playwright (the
+# PyPI package, in the dev extra; its own browser downloads are not used). Installed here
+# when missing; CHROMIUM names another binary (Chromium or Chrome) instead.
+CHROMIUM ?= /usr/bin/chromium
+chromium: ## make sure the browser test's Chromium is installed (apt-get, as root)
+	@if [ ! -x '$(CHROMIUM)' ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			echo 'installing Chromium for the browser test (apt-get install chromium)'; \
+			apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+		else \
+			echo 'the browser test needs Chromium at $(CHROMIUM): run `sudo apt-get install chromium`'; \
+			echo '(Debian/Ubuntu) or pass CHROMIUM=/path/to/chromium-or-chrome'; exit 1; \
+		fi; \
+	fi
 
 $(VENV)/.installed-bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'

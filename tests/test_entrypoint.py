@@ -269,6 +269,7 @@ def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
         "access_log": "1",
         "otel": "1",
         "http_listen": "127.0.0.1:8080",
+        "http_cors_origin": "https://page.example",  # repeatable; one here
     }
     assert set(values) == {o.name for o in OPTIONS}
     argv = [a for o in OPTIONS for a in ((o.flag,) if o.switch else (o.flag, values[o.name]))]
@@ -310,6 +311,7 @@ def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
         access_log=True,
         otel=True,
         http_listen="127.0.0.1:8080",
+        http_cors_origin=("https://page.example",),
     )
 
 

@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -97,8 +98,10 @@ class Settings:
     log_format: str = "text"
     access_log: bool = False
     otel: bool = False
-    # RunControl over Connect and gRPC-Web (runcontrol_server.http; None: off).
+    # RunControl over Connect and gRPC-Web (runcontrol_server.http; None: off), and the
+    # browser origins besides its own allowed to call it (CORS; "*": any).
     http_listen: str | None = None
+    http_cors_origin: tuple[str, ...] = ()
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -200,6 +203,27 @@ def _log_level(value: str) -> str:
     return level
 
 
+def _origin(value: str) -> str:
+    # An origin as browsers send it: scheme, host and port only, no path, no slash.
+    if value == "*":
+        return value
+    parts = urllib.parse.urlsplit(value)
+    if (
+        parts.scheme not in ("http", "https")
+        or not parts.hostname
+        or parts.path
+        or parts.query
+        or parts.fragment
+        or parts.username is not None
+    ):
+        raise ValueError("expected SCHEME://HOST[:PORT] (http or https, no path) or *")
+    try:
+        parts.port  # noqa: B018  # raises ValueError for a bad port
+    except ValueError:
+        raise ValueError("the port must be an integer from 0 to 65535") from None
+    return value.lower()
+
+
 STORE_SCHEMES = ("postgresql://", "postgres://")
 EMBEDDED_SCHEME = "embedded:"
 
@@ -234,6 +258,9 @@ class Option:
     secret: bool = False
     # A flag without a value (its env var takes 1/0, true/false, ...).
     switch: bool = False
+    # A flag given any number of times, each value parsed alone; the setting is the
+    # tuple of them (its env var: the values separated by commas).
+    repeat: bool = False
 
     def describe(self, value: str) -> str:
         return "invalid value" if self.secret else f"invalid value {value!r}"
@@ -477,6 +504,15 @@ OPTIONS: tuple[Option, ...] = (
         "picks a free one",
         default_text="off",
     ),
+    Option(
+        "http_cors_origin",
+        _origin,
+        "ORIGIN",
+        "let browser pages from this origin (SCHEME://HOST[:PORT], or * for any) call the "
+        "--http-listen address (CORS); repeat the flag for more",
+        default_text="none: same origin only",
+        repeat=True,
+    ),
 )
 
 
@@ -516,6 +552,18 @@ def build_parser(prog: str | None = "runcontrol-server") -> argparse.ArgumentPar
         "set with the environment variable shown; a flag wins over the environment.",
     )
     for option in OPTIONS:
+        if option.repeat:
+            parser.add_argument(
+                option.flag,
+                dest=option.name,
+                type=_argparse_type(option),
+                metavar=option.metavar,
+                action="append",
+                default=argparse.SUPPRESS,
+                help=f"{option.help} [env {option.env}, comma-separated; default "
+                f"{_default_text(option)}]",
+            )
+            continue
         if option.switch:
             parser.add_argument(
                 option.flag,
@@ -556,12 +604,17 @@ def parse_settings(
     values: dict[str, Any] = {}
     for option in OPTIONS:
         if option.name in namespace:
-            values[option.name] = namespace[option.name]
+            value = namespace[option.name]
+            values[option.name] = tuple(value) if option.repeat else value
         elif env.get(option.env, ""):
             # An empty variable counts as unset, as `FOO=` in a compose file means.
             raw = env[option.env]
             try:
-                values[option.name] = option.parse(raw)
+                if option.repeat:
+                    items = (item.strip() for item in raw.split(","))
+                    values[option.name] = tuple(option.parse(item) for item in items if item)
+                else:
+                    values[option.name] = option.parse(raw)
             except ValueError as exc:
                 parser.error(f"environment variable {option.env}: {option.describe(raw)}: {exc}")
     settings = Settings(**values)

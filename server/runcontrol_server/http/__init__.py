@@ -14,6 +14,8 @@ error table, roles, limits, metrics and the access log cannot differ between the
 * `status` — a gRPC status (code, message, ErrorInfo) as a Connect error;
 * `codecs` — request and response bytes in binary or JSON, pre-encoded answers passed through;
 * `endpoints` — the connectrpc endpoints, one per method of the service descriptor;
+* `web` — the live web view's files at "/" (built from client/web, shipped in
+  `web_assets/`) in front of the application, and CORS for `--http-cors-origin`;
 * `listener` — the ASGI application under uvicorn, in the server's event loop.
 
 Only `handlers` is imported when HTTP is off (it needs grpc alone); the rest needs the

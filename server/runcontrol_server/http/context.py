@@ -66,14 +66,27 @@ class Writes:
             self._items.task_done()  # the response sent it: the writer goes on
 
 
+def http_protocol(metadata: Metadata) -> str:
+    """Which protocol the call's content type speaks: "grpc-web" or "connect"."""
+    for key, value in metadata:
+        if key == "content-type":
+            return "grpc-web" if value.startswith("application/grpc-web") else "connect"
+    return "connect"  # a Connect GET carries no content type
+
+
 class HttpServicerContext:
-    """A grpc.aio servicer context over one connectrpc call (`request`)."""
+    """A grpc.aio servicer context over one connectrpc call (`request`).
+
+    `protocol` ("connect" or "grpc-web") labels the call's metrics; a grpc.aio context
+    has no such attribute, and observers read its absence as "grpc".
+    """
 
     def __init__(
         self, request: RequestContext[Any, Any], metadata: Metadata, writes: Writes | None = None
     ) -> None:
         self._request = request
         self._metadata = metadata
+        self.protocol = http_protocol(metadata)
         self._peer = grpc_peer(request.client_address)
         self._writes = writes
         self._code: grpc.StatusCode | None = None

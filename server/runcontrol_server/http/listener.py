@@ -24,6 +24,7 @@ from uvicorn.lifespan.off import LifespanOff
 from ..config import Settings, max_message_bytes_of, split_host_port
 from .endpoints import RunControlApplication, RunControlEndpoints
 from .handlers import InterceptedMethods
+from .web import Cors, WebView
 
 _LEAST_GRACE = 0.001
 
@@ -54,7 +55,12 @@ class HttpListener:
             raise ValueError("no --http-listen address")
         self._listen = settings.http_listen
         endpoints = RunControlEndpoints(methods, max_concurrent_calls=settings.max_concurrent_rpcs)
-        app = RunControlApplication(endpoints, read_max_bytes=max_message_bytes_of(settings))
+        rpc = RunControlApplication(endpoints, read_max_bytes=max_message_bytes_of(settings))
+        # The web view's files at "/", the calls at "/runcontrol.v1.RunControl/...",
+        # CORS around both for the origins --http-cors-origin names.
+        app: Any = WebView(rpc)
+        if settings.http_cors_origin:
+            app = Cors(app, settings.http_cors_origin)
         self._config = uvicorn.Config(
             app,
             http="h11",

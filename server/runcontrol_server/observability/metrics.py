@@ -54,33 +54,42 @@ def new_registry() -> CollectorRegistry:
     return registry
 
 
+# The `protocol` label: a call over the gRPC port, or over `--http-listen` as the
+# HTTP servicer context says (its `protocol` attribute: "connect" or "grpc-web").
+GRPC = "grpc"
+
+
 class RpcMetrics:
-    """`runcontrol_rpcs_total` and the duration histograms, fed by `CallObserver`."""
+    """`runcontrol_rpcs_total` and the duration histograms, fed by `CallObserver`,
+    labelled with the protocol the call came in (grpc, connect, grpc-web)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self._calls = Counter(
             "runcontrol_rpcs",
             "Calls handled, by method and final status code.",
-            ("service", "method", "code"),
+            ("service", "method", "code", "protocol"),
             registry=registry,
         )
         self._durations = Histogram(
             "runcontrol_rpc_duration_seconds",
             "Time from handler start to answer of unary calls (WaitRun includes its wait).",
-            ("service", "method"),
+            ("service", "method", "protocol"),
             buckets=RPC_BUCKETS,
             registry=registry,
         )
         self._streams = Histogram(
             "runcontrol_stream_duration_seconds",
             "Lifetime of server streams (WatchRuns, Health/Watch), recorded when they end.",
-            ("service", "method"),
+            ("service", "method", "protocol"),
             buckets=STREAM_BUCKETS,
             registry=registry,
         )
-        # (service, method, code) -> (counter child, histogram child): labels() resolved
-        # once. Keyed by strings, whose hashes Python caches: cheaper than the Method.
-        self._children: dict[tuple[str, str, grpc.StatusCode], tuple[Any, Any]] = {}
+        # (service, method, code, protocol) -> (counter child, histogram child): labels()
+        # resolved once. Keyed by strings, whose hashes Python caches: cheaper than the Method.
+        self._children: dict[tuple[str, str, grpc.StatusCode, str], tuple[Any, Any]] = {}
+        # context type -> whether it names its protocol (one dict look-up per call
+        # instead of a failed attribute look-up on every gRPC call's context).
+        self._named: dict[type, bool] = {}
 
     def __call__(
         self,
@@ -91,13 +100,18 @@ class RpcMetrics:
         context: Any,
         response: Any,
     ) -> None:
-        key = (method.service, method.name, code)
+        kind = type(context)
+        named = self._named.get(kind)
+        if named is None:
+            named = self._named[kind] = isinstance(getattr(context, "protocol", None), str)
+        protocol = context.protocol if named else GRPC
+        key = (method.service, method.name, code, protocol)
         children = self._children.get(key)
         if children is None:
             histogram = self._streams if method.streaming else self._durations
             children = (
-                self._calls.labels(method.service, method.name, code.name),
-                histogram.labels(method.service, method.name),
+                self._calls.labels(method.service, method.name, code.name, protocol),
+                histogram.labels(method.service, method.name, protocol),
             )
             self._children[key] = children
         children[0].inc()
