@@ -16,8 +16,6 @@ PROTOC_GEN_ES_VERSION := 2.17.0
 # Empty: the server's own default (127.0.0.1:50051) or RUNCONTROL_LISTEN decides.
 LISTEN ?=
 PROTO_FILES := $(wildcard protos/runcontrol/v1/*.proto)
-# The Node client loads .proto files at run time; its package ships a copy of protos/.
-NODE_PROTO_DIR := client/node/proto/runcontrol/v1
 # `buf breaking` compares protos/ with the main branch: the local branch when there is
 # one (a fresh clone), else origin/main (a CI checkout of a detached commit); empty
 # outside a git checkout. Override with BUF_AGAINST='<buf input>' (relative to protos/).
@@ -61,10 +59,12 @@ serve-replicas: $(STAMP) ## a throwaway PostgreSQL and two replicas on 127.0.0.1
 
 test: lint typecheck proto-check web-check pytest node-test ## every check and every test (what CI runs)
 
-# The Node client's dependencies: its own tests and the README's JavaScript blocks
-# (run by pytest) need them.
+# The Node client's dependencies and its build (dist/, compiled from src/*.ts with the
+# generated src/gen by the package's `prepare` script, which `npm ci` runs): its own
+# tests and the README's JavaScript blocks (run by pytest) need them. `npm test`
+# rebuilds dist/ first, so node-test always runs the current sources.
 NODE_DEPS := client/node/node_modules/.package-lock.json
-$(NODE_DEPS): client/node/package-lock.json
+$(NODE_DEPS): client/node/package-lock.json client/node/package.json
 	cd client/node && npm ci --no-audit --no-fund --silent
 
 pytest: $(STAMP) $(NODE_DEPS) chromium ## the test suite only, with coverage
@@ -86,15 +86,14 @@ lint: $(STAMP) $(BUF) ## ruff, ruff format --check, buf lint, buf breaking vs ma
 typecheck: $(STAMP) ## mypy --strict on client and server code
 	$(VENV)/bin/mypy
 
-proto: $(STAMP) $(BUF) $(PROTOC_GEN_ES) ## regenerate client/runcontrol/v1, the TypeScript/JavaScript code (buf.gen.yaml) and the Node package's proto copy
+proto: $(STAMP) $(BUF) $(PROTOC_GEN_ES) ## regenerate client/runcontrol/v1 and the TypeScript/JavaScript code (buf.gen.yaml)
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m grpc_tools.protoc -I protos \
 		--python_out=client --grpc_python_out=client --mypy_out=quiet:client --mypy_grpc_out=quiet:client \
 		$(PROTO_FILES)
-	rm -rf $(NODE_PROTO_DIR) && mkdir -p $(NODE_PROTO_DIR) && cp $(PROTO_FILES) $(NODE_PROTO_DIR)/
 	$(BUF) generate
 
-GENERATED := client/runcontrol/v1 $(NODE_PROTO_DIR) client/node/src/gen client/web/src/gen
-proto-check: proto ## fail when the committed generated code or proto copy differs from `make proto`
+GENERATED := client/runcontrol/v1 client/node/src/gen client/web/src/gen
+proto-check: proto ## fail when the committed generated code differs from `make proto`
 	@git diff --exit-code -- $(GENERATED) || { echo 'generated code drifted: run make proto and commit'; exit 1; }
 	@test -z "$$(git status --porcelain -- $(GENERATED))" || { echo 'untracked or deleted generated files:'; git status --porcelain -- $(GENERATED); exit 1; }
 

@@ -1,35 +1,57 @@
-'use strict';
 /**
  * Test support (kept outside test/ so `node --test test/` does not run it as a
- * test file): start the real Python runcontrol server as a subprocess on a free
- * 127.0.0.1 port and stop it with SIGTERM.
+ * test file): start the real Python runcontrol server as a subprocess on free
+ * 127.0.0.1 ports, its gRPC port and its HTTP (Connect) listener, and stop it
+ * with SIGTERM.
  *
- * Python: $RUNCONTROL_PYTHON, or ../../.venv/bin/python relative to this package.
+ * Python: $RUNCONTROL_PYTHON, or ../../.venv/bin/python relative to this package
+ * (the HTTP listener needs the server's `http` extra, part of the dev install).
  */
-const { spawn } = require('node:child_process');
-const path = require('node:path');
-const readline = require('node:readline');
+import { spawn } from 'node:child_process';
+import * as path from 'node:path';
+import * as readline from 'node:readline';
+import { fileURLToPath } from 'node:url';
 
-const PACKAGE_DIR = path.resolve(__dirname, '..');
-const REPO_ROOT = path.resolve(PACKAGE_DIR, '..', '..');
-const PYTHON = process.env.RUNCONTROL_PYTHON || path.resolve(PACKAGE_DIR, '..', '..', '.venv', 'bin', 'python');
+const PACKAGE_DIR = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const REPO_ROOT = path.resolve(PACKAGE_DIR, '..', '..');
+export const PYTHON = process.env.RUNCONTROL_PYTHON || path.resolve(REPO_ROOT, '.venv', 'bin', 'python');
 const STDERR_KEEP = 16 * 1024;
+// The server logs its HTTP listener's bound address (stdout has only the gRPC one):
+// "serving runcontrol.v1.RunControl over Connect and gRPC-Web on http://127.0.0.1:PORT".
+const HTTP_LINE = /over Connect and gRPC-Web on (https?):\/\/(\S+)/;
+
+/** The transports every suite runs over: the same tests, each against its own port. */
+export const TRANSPORTS = /** @type {const} */ (['grpc', 'connect']);
+
+/**
+ * @typedef {{ address: string, httpAddress: string, pid: number, stderr: () => string,
+ *   addressFor: (transport: 'grpc' | 'connect') => string,
+ *   stop: (timeoutMs?: number) => Promise<{ code: number | null, signal: NodeJS.Signals | null }> }} Server
+ */
 
 /**
  * @param {{ startTimeoutMs?: number, args?: string[] }} [options]
- * @returns {Promise<{ address: string, pid: number, stderr: () => string,
- *   stop: (timeoutMs?: number) => Promise<{ code: number | null, signal: NodeJS.Signals | null }> }>}
+ * @returns {Promise<Server>}
  */
-function startServer({ startTimeoutMs = 20_000, args = [] } = {}) {
-  const child = spawn(PYTHON, ['-m', 'runcontrol_server', '--listen', '127.0.0.1:0', ...args], {
+export function startServer({ startTimeoutMs = 20_000, args = [] } = {}) {
+  const argv = ['-m', 'runcontrol_server', '--listen', '127.0.0.1:0', '--http-listen', '127.0.0.1:0', ...args];
+  const child = spawn(PYTHON, argv, {
     cwd: REPO_ROOT,
     env: { ...process.env, PYTHONUNBUFFERED: '1' },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';
+  /** @type {(address: string) => void} */
+  let httpFound = () => {};
+  /** @type {Promise<string>} the HTTP listener's "HOST:PORT", once logged */
+  const httpAddress = new Promise((resolve) => {
+    httpFound = resolve;
+  });
   child.stderr.setEncoding('utf8');
   child.stderr.on('data', (chunk) => {
     stderr = (stderr + chunk).slice(-STDERR_KEEP);
+    const match = HTTP_LINE.exec(stderr);
+    if (match) httpFound(match[2]);
   });
   /** @type {Promise<{ code: number | null, signal: NodeJS.Signals | null }>} */
   const exited = new Promise((resolve) => {
@@ -82,13 +104,24 @@ function startServer({ startTimeoutMs = 20_000, args = [] } = {}) {
         fail(new Error(`unexpected first stdout line: ${JSON.stringify(line)}`));
         return;
       }
-      settled = true;
-      clearTimeout(timer);
       // Keep draining stdout so the server never blocks on a full pipe.
       lines.on('line', () => {});
-      resolve({ address: match[1], pid: /** @type {number} */ (child.pid), stderr: () => stderr, stop });
+      // The HTTP line is logged before the "listening on" one is printed, but the two
+      // pipes are read independently: wait for it too.
+      httpAddress.then((http) => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        const address = match[1];
+        resolve({
+          address,
+          httpAddress: http,
+          addressFor: (transport) => (transport === 'grpc' ? address : http),
+          pid: /** @type {number} */ (child.pid),
+          stderr: () => stderr,
+          stop,
+        });
+      });
     });
   });
 }
-
-module.exports = { startServer, PYTHON, REPO_ROOT };

@@ -1,35 +1,20 @@
-'use strict';
-// Exact payloads: JSON text in and out, integers kept exact (BigInt beyond 2^53),
-// against the real Python server; and the JSON codec on its own.
-const { test, before, after } = require('node:test');
-const assert = require('node:assert/strict');
-const { randomUUID } = require('node:crypto');
+// Exact payloads: JSON text in and out, integers kept exact (bigint beyond 2^53),
+// against the real Python server over both transports; and the JSON codec on its own.
+import { describe, it, test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomUUID } from 'node:crypto';
 
-const {
-  RunControlClient,
-  PAYLOAD_FORMAT_HEADER,
-  grpc,
-  toJson,
-  fromJson,
-  toStruct,
-  runMetadata,
-  runKwargs,
-} = require('../src/index.js');
-const { startServer } = require('../support/python-server.js');
+import { RunControlClient, PAYLOAD_FORMAT_HEADER, toJson, fromJson, runMetadata, runKwargs } from '../dist/index.js';
+import { startServer, TRANSPORTS } from '../support/python-server.js';
 
-/** @type {Awaited<ReturnType<typeof startServer>>} */
+/** @type {import('../support/python-server.js').Server} */
 let server;
-/** @type {RunControlClient} */
-let client;
 
 before(async () => {
   server = await startServer();
-  client = new RunControlClient(server.address, { deadlineMs: 10_000 });
-  await client.waitForReady(10_000);
 });
 
 after(async () => {
-  client?.close();
   if (server) {
     const { code, signal } = await server.stop(15_000);
     assert.equal(signal, null, `server killed by ${signal}\n${server.stderr()}`);
@@ -40,58 +25,94 @@ after(async () => {
 const BIG = 2n ** 60n + 1n;
 const PAYLOAD = { recursion_limit: 100, big: BIG, f: 1.5, nested: { l: [1, 2.5, -3] } };
 
-test('2**60+1 and 100 round-trip exactly through the server', async () => {
-  const threadId = `thread-${randomUUID()}`;
-  const { run } = await client.createRun({
-    thread_id: threadId,
-    metadata_json: toJson(PAYLOAD),
-    kwargs_json: toJson({ neg: -(2n ** 70n), n: 7 }),
-  });
-  assert.equal(run.metadata, null); // the header: text instead of the Struct
-  assert.equal(run.metadata_json, '{"big":1152921504606846977,"f":1.5,"nested":{"l":[1,2.5,-3]},"recursion_limit":100}');
-  for (const record of [
-    run,
-    (await client.getRun({ run_id: run.run_id })).run,
-    (await client.listRuns({ thread_id: threadId })).runs[0],
-    (await client.waitRun({ run_id: run.run_id, timeout: { seconds: 0, nanos: 10_000_000 } })).run,
-  ]) {
-    const metadata = runMetadata(record);
-    assert.deepEqual(metadata, PAYLOAD);
-    assert.equal(typeof metadata.big, 'bigint');
-    assert.equal(metadata.big, BIG);
-    assert.equal(metadata.recursion_limit, 100); // a number, not a bigint
-    assert.deepEqual(runKwargs(record), { neg: -(2n ** 70n), n: 7 });
-  }
-  for await (const message of client.watchRuns({ thread_id: threadId, send_initial: true })) {
-    assert.deepEqual(runMetadata(message.events[0].run), PAYLOAD);
-    break;
-  }
-});
+for (const transport of TRANSPORTS) {
+  describe(transport, () => {
+    /** @type {RunControlClient} */
+    let client;
 
-test('a Struct payload from an old-style request reads back as numbers', async () => {
-  const { run } = await client.createRun({ thread_id: `thread-${randomUUID()}`, metadata: toStruct({ n: 100, f: 0.5 }) });
-  assert.equal(run.metadata_json, '{"f":0.5,"n":100}');
-  assert.deepEqual(runMetadata(run), { n: 100, f: 0.5 });
-  // A caller that sets the header itself gets what it asked for: the Struct.
-  const metadata = new grpc.Metadata();
-  metadata.set(PAYLOAD_FORMAT_HEADER, 'struct');
-  const got = await client.getRun({ run_id: run.run_id }, { metadata });
-  assert.equal(got.run.metadata_json, '');
-  assert.deepEqual(runMetadata(got.run), { n: 100, f: 0.5 }); // the Struct fallback
-  assert.deepEqual(metadata.getMap(), { [PAYLOAD_FORMAT_HEADER]: 'struct' }); // not modified
-});
-
-test('invalid text is refused naming the field', async () => {
-  for (const [field, text] of [
-    ['metadata_json', '{"x": NaN}'],
-    ['kwargs_json', '[1, 2]'],
-    ['metadata_json', '{"x": 1'],
-  ]) {
-    await assert.rejects(client.createRun({ thread_id: `thread-${randomUUID()}`, [field]: text }), (err) => {
-      assert.equal(/** @type {any} */ (err).reason, 'INVALID_ARGUMENT');
-      assert.equal(/** @type {any} */ (err).metadata.field, field);
-      return true;
+    before(async () => {
+      client = new RunControlClient(server.addressFor(transport), { transport, deadlineMs: 10_000 });
+      await client.waitForReady(10_000);
     });
+
+    after(() => client?.close());
+
+    it('2**60+1 and 100 round-trip exactly through the server', async () => {
+      const threadId = `thread-${randomUUID()}`;
+      const { run } = await client.createRun({
+        threadId,
+        metadataJson: toJson(PAYLOAD),
+        kwargsJson: toJson({ neg: -(2n ** 70n), n: 7 }),
+      });
+      assert.ok(run);
+      assert.equal(run.metadata, undefined); // the header: text instead of the Struct
+      assert.equal(run.metadataJson, '{"big":1152921504606846977,"f":1.5,"nested":{"l":[1,2.5,-3]},"recursion_limit":100}');
+      for (const record of [
+        run,
+        (await client.getRun({ runId: run.runId })).run,
+        (await client.listRuns({ threadId })).runs[0],
+        (await client.waitRun({ runId: run.runId, timeout: { seconds: 0n, nanos: 10_000_000 } })).run,
+      ]) {
+        assert.ok(record);
+        const metadata = runMetadata(record);
+        assert.deepEqual(metadata, PAYLOAD);
+        assert.equal(typeof metadata.big, 'bigint');
+        assert.equal(metadata.big, BIG);
+        assert.equal(metadata.recursion_limit, 100); // a number, not a bigint
+        assert.deepEqual(runKwargs(record), { neg: -(2n ** 70n), n: 7 });
+      }
+      for await (const message of client.watchRuns({ threadId, sendInitial: true })) {
+        const watched = message.events[0].run;
+        assert.ok(watched);
+        assert.deepEqual(runMetadata(watched), PAYLOAD);
+        break;
+      }
+    });
+
+    it('a Struct payload from an old-style request reads back as numbers', async () => {
+      const { run } = await client.createRun({ threadId: `thread-${randomUUID()}`, metadata: { n: 100, f: 0.5 } });
+      assert.ok(run);
+      assert.equal(run.metadataJson, '{"f":0.5,"n":100}');
+      assert.deepEqual(runMetadata(run), { n: 100, f: 0.5 });
+      // A caller that sets the header itself gets what it asked for: the Struct.
+      const headers = new Headers({ [PAYLOAD_FORMAT_HEADER]: 'struct' });
+      const got = await client.getRun({ runId: run.runId }, { headers });
+      assert.equal(got.run?.metadataJson, '');
+      assert.deepEqual(got.run?.metadata, { n: 100, f: 0.5 }); // a Struct is a JSON object
+      assert.ok(got.run);
+      assert.deepEqual(runMetadata(got.run), { n: 100, f: 0.5 }); // the Struct fallback
+      assert.deepEqual([...headers], [[PAYLOAD_FORMAT_HEADER, 'struct']]); // not modified
+    });
+
+    it('invalid text is refused naming the field', async () => {
+      for (const [field, text] of [
+        ['metadata_json', '{"x": NaN}'],
+        ['kwargs_json', '[1, 2]'],
+        ['metadata_json', '{"x": 1'],
+      ]) {
+        const key = field === 'metadata_json' ? 'metadataJson' : 'kwargsJson';
+        await assert.rejects(client.createRun({ threadId: `thread-${randomUUID()}`, [key]: text }), (err) => {
+          assert.equal(/** @type {any} */ (err).reason, 'INVALID_ARGUMENT');
+          assert.equal(/** @type {any} */ (err).metadata.field, field);
+          return true;
+        });
+      }
+    });
+  });
+}
+
+test('Connect with JSON bodies (useBinaryFormat: false) keeps payloads and revisions exact', async () => {
+  const client = new RunControlClient(server.httpAddress, { transport: 'connect', useBinaryFormat: false });
+  try {
+    const { run } = await client.createRun({ threadId: `thread-${randomUUID()}`, metadataJson: toJson(PAYLOAD) });
+    assert.ok(run);
+    assert.deepEqual(runMetadata(run), PAYLOAD);
+    const got = await client.getRun({ runId: run.runId });
+    assert.equal(got.run?.modRevision, run.modRevision);
+    assert.equal(typeof run.modRevision, 'bigint');
+    await assert.rejects(client.getRun({ runId: '' }), { name: 'RunControlError', reason: 'INVALID_ARGUMENT' });
+  } finally {
+    client.close();
   }
 });
 
@@ -100,7 +121,7 @@ test('toJson writes bigint exactly and refuses what JSON cannot hold', () => {
   assert.equal(toJson({ when: new Date(0), n: new Number(2) }), '{"when":"1970-01-01T00:00:00.000Z","n":2}');
   assert.throws(() => toJson({ x: NaN }), RangeError);
   assert.throws(() => toJson({ x: [Infinity] }), RangeError);
-  assert.throws(() => toJson([1]), TypeError);
+  assert.throws(() => toJson(/** @type {any} */ ([1])), TypeError);
   assert.throws(() => toJson(/** @type {any} */ (null)), TypeError);
   const cyclic = /** @type {Record<string, unknown>} */ ({});
   cyclic.self = cyclic;

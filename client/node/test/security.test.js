@@ -1,17 +1,17 @@
-'use strict';
-// TLS, mutual TLS and bearer tokens against the real Python server. Certificates
+// TLS, mutual TLS and bearer tokens against the real Python server, over gRPC and
+// over Connect (the HTTP listener serves TLS with the same certificate). Certificates
 // are made at test time by tests/_certs.py (the `cryptography` package), for
 // 127.0.0.1 / localhost.
-const { test, before, after } = require('node:test');
-const assert = require('node:assert/strict');
-const { spawnSync } = require('node:child_process');
-const fs = require('node:fs');
-const os = require('node:os');
-const path = require('node:path');
-const { randomUUID } = require('node:crypto');
+import { describe, it, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { randomUUID } from 'node:crypto';
 
-const { RunControlClient, RunControlError } = require('../src/index.js');
-const { startServer, PYTHON, REPO_ROOT } = require('../support/python-server.js');
+import { RunControlClient, RunControlError, RunStatus } from '../dist/index.js';
+import { startServer, PYTHON, REPO_ROOT, TRANSPORTS } from '../support/python-server.js';
 
 const TOKENS = {
   reader: 'node-reader-token-0123456789',
@@ -24,9 +24,9 @@ const ENV_NAMES = ['RUNCONTROL_TOKEN', 'RUNCONTROL_TLS_CA', 'RUNCONTROL_TLS_CLIE
 let dir;
 /** @type {{ ca: string, server_cert: string, server_key: string, clients: Record<string, [string, string]> }} */
 let certs;
-/** @type {Awaited<ReturnType<typeof startServer>>} TLS + tokens */
+/** @type {import('../support/python-server.js').Server} TLS + tokens */
 let server;
-/** @type {Awaited<ReturnType<typeof startServer>>} mutual TLS + tokens with a certificate entry */
+/** @type {import('../support/python-server.js').Server} mutual TLS + tokens with a certificate entry */
 let mtlsServer;
 /** @type {RunControlClient[]} */
 const clients = [];
@@ -62,9 +62,13 @@ after(async () => {
   if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
-/** @param {string} address @param {import('../src/index').ClientOptions} options */
-function connect(address, options) {
-  const client = new RunControlClient(address, { deadlineMs: 10_000, ...options });
+/**
+ * @param {import('../support/python-server.js').Server} target
+ * @param {'grpc' | 'connect'} transport
+ * @param {import('../dist/index.js').ClientOptions} options
+ */
+function connect(target, transport, options) {
+  const client = new RunControlClient(target.addressFor(transport), { transport, deadlineMs: 10_000, ...options });
   clients.push(client);
   return client;
 }
@@ -82,73 +86,91 @@ async function rejection(promise) {
 
 const ca = () => fs.readFileSync(certs.ca);
 
-test('tokens by option over TLS: roles, ErrorInfo, watch streams', async () => {
-  const admin = connect(server.address, { token: TOKENS.admin, tls: { ca: ca() } });
-  const reader = connect(server.address, { token: TOKENS.reader, tls: { ca: ca() } });
-  const anonymous = connect(server.address, { token: null, tls: { ca: ca() } });
-  const threadId = `thread-${randomUUID()}`;
-  const { run } = await admin.createRun({ thread_id: threadId });
+for (const transport of TRANSPORTS) {
+  describe(transport, () => {
+    it('tokens by option over TLS: roles, ErrorInfo, watch streams', async () => {
+      const admin = connect(server, transport, { token: TOKENS.admin, tls: { ca: ca() } });
+      const reader = connect(server, transport, { token: TOKENS.reader, tls: { ca: ca() } });
+      const anonymous = connect(server, transport, { token: null, tls: { ca: ca() } });
+      const threadId = `thread-${randomUUID()}`;
+      const { run } = await admin.createRun({ threadId });
+      assert.ok(run);
 
-  const denied = await rejection(reader.cancelRun({ run_id: run.run_id }));
-  assert.equal(denied.codeName, 'PERMISSION_DENIED');
-  assert.equal(denied.reason, 'PERMISSION_DENIED');
-  assert.deepEqual(denied.metadata, { method: 'CancelRun', required_role: 'admin', role: 'reader' });
+      const denied = await rejection(reader.cancelRun({ runId: run.runId }));
+      assert.equal(denied.codeName, 'PERMISSION_DENIED');
+      assert.equal(denied.reason, 'PERMISSION_DENIED');
+      assert.deepEqual(denied.metadata, { method: 'CancelRun', required_role: 'admin', role: 'reader' });
 
-  const missing = await rejection(anonymous.getRun({ run_id: run.run_id }));
-  assert.equal(missing.codeName, 'UNAUTHENTICATED');
-  assert.deepEqual(missing.metadata, { method: 'GetRun', required_role: 'reader' });
+      const missing = await rejection(anonymous.getRun({ runId: run.runId }));
+      assert.equal(missing.codeName, 'UNAUTHENTICATED');
+      assert.deepEqual(missing.metadata, { method: 'GetRun', required_role: 'reader' });
 
-  // The watch stream carries the token too.
-  const abort = new AbortController();
-  for await (const message of reader.watchRuns({ thread_id: threadId, send_initial: true }, { signal: abort.signal })) {
-    assert.deepEqual(
-      message.events.map((/** @type {any} */ e) => e.run.run_id),
-      [run.run_id],
-    );
-    break;
-  }
-  const watchDenied = await rejection(
-    (async () => {
-      for await (const _ of anonymous.watchRuns({ thread_id: threadId })) break;
-    })(),
-  );
-  assert.equal(watchDenied.reason, 'UNAUTHENTICATED');
-});
+      // The watch stream carries the token too.
+      const abort = new AbortController();
+      for await (const message of reader.watchRuns({ threadId, sendInitial: true }, { signal: abort.signal })) {
+        assert.deepEqual(
+          message.events.map((e) => e.run?.runId),
+          [run.runId],
+        );
+        break;
+      }
+      const watchDenied = await rejection(
+        (async () => {
+          for await (const _ of anonymous.watchRuns({ threadId })) break;
+        })(),
+      );
+      assert.equal(watchDenied.reason, 'UNAUTHENTICATED');
+    });
 
-test('a plaintext client cannot reach a TLS server', async () => {
-  const plain = connect(server.address, { token: TOKENS.admin, tls: null, deadlineMs: 5_000 });
-  const err = await rejection(plain.hasInflight({ thread_id: 't' }));
-  assert.equal(err.codeName, 'UNAVAILABLE');
-});
+    it('a plaintext client cannot reach a TLS server', async () => {
+      const plain = connect(server, transport, { token: TOKENS.admin, tls: null, deadlineMs: 5_000 });
+      const err = await rejection(plain.hasInflight({ threadId: 't' }));
+      assert.equal(err.codeName, 'UNAVAILABLE');
+    });
 
-test('token and TLS from the environment', async () => {
-  const saved = Object.fromEntries(ENV_NAMES.map((name) => [name, process.env[name]]));
-  try {
-    process.env.RUNCONTROL_TOKEN = TOKENS.worker;
-    process.env.RUNCONTROL_TLS_CA = certs.ca;
-    const worker = connect(server.address, {});
-    const err = await rejection(worker.setRunStatus({ run_id: 'no-such-run', status: 'RUN_STATUS_RUNNING' }));
-    assert.equal(err.reason, 'RUN_NOT_FOUND'); // authorized: the server looked for the run
-    process.env.RUNCONTROL_TLS_CA = path.join(dir, 'missing.pem');
-    assert.throws(() => new RunControlClient(server.address), /RUNCONTROL_TLS_CA/);
-  } finally {
-    for (const [name, value] of Object.entries(saved)) {
-      if (value === undefined) delete process.env[name];
-      else process.env[name] = value;
-    }
-  }
-});
+    it('token and TLS from the environment', async () => {
+      const saved = Object.fromEntries(ENV_NAMES.map((name) => [name, process.env[name]]));
+      try {
+        process.env.RUNCONTROL_TOKEN = TOKENS.worker;
+        process.env.RUNCONTROL_TLS_CA = certs.ca;
+        const worker = connect(server, transport, {});
+        const err = await rejection(worker.setRunStatus({ runId: 'no-such-run', status: RunStatus.RUNNING }));
+        assert.equal(err.reason, 'RUN_NOT_FOUND'); // authorized: the server looked for the run
+        process.env.RUNCONTROL_TLS_CA = path.join(dir, 'missing.pem');
+        assert.throws(() => new RunControlClient(server.addressFor(transport), { transport }), /RUNCONTROL_TLS_CA/);
+      } finally {
+        for (const [name, value] of Object.entries(saved)) {
+          if (value === undefined) delete process.env[name];
+          else process.env[name] = value;
+        }
+      }
+    });
 
-test('mutual TLS: a client certificate maps to its role', async () => {
-  const [cert, key] = certs.clients['worker-1'];
-  const tls = { ca: ca(), cert: fs.readFileSync(cert), key: fs.readFileSync(key) };
-  const worker = connect(mtlsServer.address, { token: null, tls });
-  const notFound = await rejection(worker.setRunStatus({ run_id: 'no-such-run', status: 'RUN_STATUS_RUNNING' }));
-  assert.equal(notFound.reason, 'RUN_NOT_FOUND');
-  const denied = await rejection(worker.createRun({ thread_id: 't' }));
-  assert.deepEqual(denied.metadata, { method: 'CreateRun', required_role: 'admin', role: 'worker' });
+    it('mutual TLS: a client certificate is required; over gRPC it maps to its role', async () => {
+      const [cert, key] = certs.clients['worker-1'];
+      const tls = { ca: ca(), cert: fs.readFileSync(cert), key: fs.readFileSync(key) };
+      const worker = connect(mtlsServer, transport, { token: null, tls });
+      if (transport === 'grpc') {
+        const notFound = await rejection(worker.setRunStatus({ runId: 'no-such-run', status: RunStatus.RUNNING }));
+        assert.equal(notFound.reason, 'RUN_NOT_FOUND');
+        const denied = await rejection(worker.createRun({ threadId: 't' }));
+        assert.deepEqual(denied.metadata, { method: 'CreateRun', required_role: 'admin', role: 'worker' });
+      } else {
+        // Over HTTP a caller is identified by its bearer token only (`cert:` identities
+        // are the gRPC port's): the certificate opens the connection, the token names the role.
+        const anonymous = await rejection(worker.setRunStatus({ runId: 'no-such-run', status: RunStatus.RUNNING }));
+        assert.equal(anonymous.reason, 'UNAUTHENTICATED');
+        const withToken = connect(mtlsServer, transport, { token: TOKENS.worker, tls });
+        const notFound = await rejection(withToken.setRunStatus({ runId: 'no-such-run', status: RunStatus.RUNNING }));
+        assert.equal(notFound.reason, 'RUN_NOT_FOUND');
+      }
 
-  const noCertificate = connect(mtlsServer.address, { token: TOKENS.admin, tls: { ca: ca() }, deadlineMs: 5_000 });
-  assert.equal((await rejection(noCertificate.hasInflight({ thread_id: 't' }))).codeName, 'UNAVAILABLE');
-  assert.throws(() => new RunControlClient(mtlsServer.address, { tls: { ca: ca(), cert: tls.cert } }), /go together/);
-});
+      const noCertificate = connect(mtlsServer, transport, { token: TOKENS.admin, tls: { ca: ca() }, deadlineMs: 5_000 });
+      assert.equal((await rejection(noCertificate.hasInflight({ threadId: 't' }))).codeName, 'UNAVAILABLE');
+      assert.throws(
+        () => new RunControlClient(mtlsServer.addressFor(transport), { transport, tls: { ca: ca(), cert: tls.cert } }),
+        /go together/,
+      );
+    });
+  });
+}

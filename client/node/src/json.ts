@@ -1,4 +1,3 @@
-'use strict';
 /**
  * Exact JSON for `metadata_json` / `kwargs_json`: integers keep every digit.
  *
@@ -12,16 +11,14 @@
 
 const NUMBER = /-?(?:0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?/y;
 
-/**
- * JSON text -> value; integers beyond Number.MAX_SAFE_INTEGER become BigInt.
- * @param {string} text
- * @returns {unknown}
- */
-function parseJson(text) {
+/** A JSON value as `parseJson` reads it: integers beyond 2^53 are bigint. */
+export type JsonValue = null | boolean | number | bigint | string | JsonValue[] | { [key: string]: JsonValue };
+
+/** JSON text -> value; integers beyond Number.MAX_SAFE_INTEGER become BigInt. */
+export function parseJson(text: string): JsonValue {
   if (typeof text !== 'string') throw new TypeError(`JSON text must be a string, got ${typeof text}`);
   let i = 0;
-  /** @param {string} what @returns {never} */
-  const fail = (what) => {
+  const fail = (what: string): never => {
     throw new SyntaxError(`${what} at position ${i} of JSON text`);
   };
   const skipSpace = () => {
@@ -31,7 +28,7 @@ function parseJson(text) {
       else return;
     }
   };
-  const string = () => {
+  const string = (): string => {
     const start = i++;
     for (;;) {
       const c = text.charCodeAt(i);
@@ -42,25 +39,23 @@ function parseJson(text) {
     }
     i++;
     // The escapes are JSON.parse's own job (it also rejects malformed ones).
-    return /** @type {string} */ (JSON.parse(text.slice(start, i)));
+    return JSON.parse(text.slice(start, i)) as string;
   };
-  const number = () => {
+  const number = (): number | bigint => {
     NUMBER.lastIndex = i;
     const match = NUMBER.exec(text);
-    if (!match) fail(i < text.length ? `unexpected character ${JSON.stringify(text[i])}` : 'unexpected end');
+    if (!match) return fail(i < text.length ? `unexpected character ${JSON.stringify(text[i])}` : 'unexpected end');
     i = NUMBER.lastIndex;
     const value = Number(match[0]);
     if (match[1] === undefined && match[2] === undefined && !Number.isSafeInteger(value)) return BigInt(match[0]);
     return value;
   };
-  /** @returns {unknown} */
-  const value = () => {
+  const value = (): JsonValue => {
     skipSpace();
     const c = text[i];
     if (c === '{') {
       i++;
-      /** @type {Record<string, unknown>} */
-      const object = {};
+      const object: { [key: string]: JsonValue } = {};
       skipSpace();
       if (text[i] === '}') {
         i++;
@@ -85,8 +80,7 @@ function parseJson(text) {
     }
     if (c === '[') {
       i++;
-      /** @type {unknown[]} */
-      const array = [];
+      const array: JsonValue[] = [];
       skipSpace();
       if (text[i] === ']') {
         i++;
@@ -103,7 +97,7 @@ function parseJson(text) {
       }
     }
     if (c === '"') return string();
-    for (const [word, result] of /** @type {const} */ ([['true', true], ['false', false], ['null', null]])) {
+    for (const [word, result] of [['true', true], ['false', false], ['null', null]] as const) {
       if (text.startsWith(word, i)) {
         i += word.length;
         return result;
@@ -121,16 +115,12 @@ function parseJson(text) {
  * Value -> compact JSON text; BigInt as its digits. Follows JSON.stringify
  * (toJSON, undefined/functions skipped in objects and null in arrays) except
  * that NaN, Infinity and cycles throw instead of silently becoming null.
- * @param {unknown} value
- * @returns {string}
  */
-function stringifyJson(value) {
-  /** @type {Set<object>} */
-  const open = new Set();
-  /** @param {unknown} item @param {string} key @returns {string | undefined} */
-  const write = (item, key) => {
-    if (item !== null && typeof item === 'object' && typeof (/** @type {any} */ (item).toJSON) === 'function') {
-      item = /** @type {any} */ (item).toJSON(key);
+export function stringifyJson(value: unknown): string {
+  const open = new Set<object>();
+  const write = (item: unknown, key: string): string | undefined => {
+    if (item !== null && typeof item === 'object' && typeof (item as { toJSON?: unknown }).toJSON === 'function') {
+      item = (item as { toJSON: (key: string) => unknown }).toJSON(key);
     }
     // Boxed primitives (new Number(1)) are written as their value, as JSON.stringify does.
     if (item instanceof Number || item instanceof String || item instanceof Boolean) item = item.valueOf();
@@ -151,14 +141,14 @@ function stringifyJson(value) {
         break;
     }
     if (item === null) return 'null';
-    const object = /** @type {object} */ (item);
+    const object = item as object;
     if (open.has(object)) throw new TypeError('cannot write a cyclic structure as JSON');
     open.add(object);
     let text;
     if (Array.isArray(object)) {
       text = `[${object.map((element, index) => write(element, String(index)) ?? 'null').join(',')}]`;
     } else {
-      const parts = [];
+      const parts: string[] = [];
       for (const [name, member] of Object.entries(object)) {
         const written = write(member, name);
         if (written !== undefined) parts.push(`${JSON.stringify(name)}:${written}`);
@@ -172,5 +162,3 @@ function stringifyJson(value) {
   if (text === undefined) throw new TypeError(`${typeof value} has no JSON form`);
   return text;
 }
-
-module.exports = { parseJson, stringifyJson };
