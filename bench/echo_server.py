@@ -12,6 +12,11 @@ prints `listening on HOST:PORT`, then serves `/bench.Echo/<Method>`:
   published; `Publish` (unary) puts one payload of size `sizes["WatchEvent"]` into
   every queue registered under its own request's thread: a bare asyncio fan-out with
   a perfect index (streams of other threads cost a publish nothing).
+
+With `--parse`, every unary method first parses its request as runcontrol's request
+message of that name (`CreateRunRequest`, ...), as any server of the contract must,
+and answers the same bytes: the floor of a Python server of this contract, measured
+beside the plain echo.
 """
 
 from __future__ import annotations
@@ -44,8 +49,16 @@ def thread_key(request: bytes) -> bytes:
     return b""
 
 
+def request_parser(name: str) -> Any:
+    """`FromString` of runcontrol's request message for method `name`."""
+    from runcontrol.v1 import run_control_pb2
+
+    return getattr(run_control_pb2, f"{name}Request").FromString
+
+
 class EchoService:
-    def __init__(self, sizes: dict[str, int]) -> None:
+    def __init__(self, sizes: dict[str, int], *, parse: bool = False) -> None:
+        self._parse = parse
         self._payloads = {name: _payload(size) for name, size in sizes.items()}
         self._event = self._payloads.get("WatchEvent", _payload(1))
         self._publish_answer = self._payloads.get("Publish", b"")
@@ -83,7 +96,10 @@ class EchoService:
 
     def handler(self) -> grpc.GenericRpcHandler:
         methods: dict[str, grpc.RpcMethodHandler[Any, Any]] = {
-            name: grpc.unary_unary_rpc_method_handler(self.unary(name))
+            name: grpc.unary_unary_rpc_method_handler(
+                self.unary(name),
+                request_deserializer=request_parser(name) if self._parse else None,
+            )
             for name in self._payloads
             if name not in ("WatchEvent", "Publish")
         }
@@ -92,14 +108,14 @@ class EchoService:
         return grpc.method_handlers_generic_handler(SERVICE, methods)
 
 
-async def serve(listen: str, sizes: dict[str, int]) -> None:
+async def serve(listen: str, sizes: dict[str, int], parse: bool = False) -> None:
     if not listen.startswith("127.0.0.1:"):
         raise SystemExit("the echo server only binds 127.0.0.1")
     # The same options as runcontrol's server, so only the work differs.
     server = grpc.aio.server(
         options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 4 << 20)]
     )
-    server.add_generic_rpc_handlers((EchoService(sizes).handler(),))
+    server.add_generic_rpc_handlers((EchoService(sizes, parse=parse).handler(),))
     port = server.add_insecure_port(listen)
     await server.start()
     stop = asyncio.Event()
@@ -115,11 +131,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.echo_server")
     parser.add_argument("--listen", default="127.0.0.1:0")
     parser.add_argument("--sizes", default="{}", help="JSON: method name -> answer bytes")
+    parser.add_argument(
+        "--parse", action="store_true", help="parse each unary request as runcontrol's"
+    )
     args = parser.parse_args(argv)
     sizes = {str(k): int(v) for k, v in json.loads(args.sizes).items()}
     # The same loop choice as runcontrol-server's default (`--loop auto`), so the
     # baseline and the subject differ only in what the service does.
-    eventloop.run(serve(args.listen, sizes), "auto")
+    eventloop.run(serve(args.listen, sizes, args.parse), "auto")
     return 0
 
 

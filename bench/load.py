@@ -32,7 +32,11 @@ from runcontrol_server import eventloop
 
 from .common import load_summary, median, percentile, serve_commands
 
-PREFIX = {"subject": "/runcontrol.v1.RunControl/", "echo": "/bench.Echo/"}
+PREFIX = {
+    "subject": "/runcontrol.v1.RunControl/",
+    "echo": "/bench.Echo/",
+    "echo_parse": "/bench.Echo/",  # the echo that parses each request (`--parse`)
+}
 # The fan-out change: on runcontrol a CreateRun on the watched thread; on the echo a
 # Publish of one same-sized payload to every stream.
 CHANGE_METHOD = {"subject": "CreateRun", "echo": "Publish"}

@@ -108,6 +108,21 @@ def _unary_metrics(unary: dict[str, Any]) -> list[Metric]:
                 chart=(ratio, goal) if goal else None,
             )
         )
+        parsing = data.get("echo_parse")
+        if parsing is not None:
+            out.append(
+                _metric(
+                    f"qps_{key}_parse",
+                    f"  echo parsing the request / echo, {name} c{conc}",
+                    "unary",
+                    subject=parsing["qps"],
+                    baseline=echo["qps"],
+                    unit="calls/s",
+                    value=_ratio(parsing["qps"], echo["qps"]),
+                    note="the floor of a Python server of the contract: the request's "
+                    "protobuf parse only",
+                )
+            )
         if conc != "1":
             continue
         has_goal = method in LATENCY_GOAL_METHODS

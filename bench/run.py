@@ -42,6 +42,9 @@ from .postgres import postgres_section
 from .scale import scale_section
 
 SERVICES = ("echo", "subject")
+# Unary calls are measured on a third server too: the echo parsing each request as
+# runcontrol's message (the floor of any Python server of the contract).
+UNARY_SERVICES = ("echo", "subject", "echo_parse")
 METHODS = ("create", "get", "list")
 CONCURRENCY = (1, 64)
 FANOUT_WATCHERS = (100, 1000)
@@ -146,8 +149,12 @@ FULL = Plan(
 )
 
 
-def _order(round_index: int) -> tuple[str, ...]:
-    return SERVICES if round_index % 2 == 0 else SERVICES[::-1]
+def _order(round_index: int, services: tuple[str, ...] = SERVICES) -> tuple[str, ...]:
+    """Each round in another order (rotated, then reversed), so no side always goes
+    first or last."""
+    shift = round_index % len(services)
+    rotated = services[shift:] + services[:shift]
+    return rotated if round_index % 2 == 0 else rotated[::-1]
 
 
 def unary_section(
@@ -158,9 +165,10 @@ def unary_section(
         for concurrency in CONCURRENCY:
             key = f"{method}_c{concurrency}"
             log(f"unary {key}")
-            samples: dict[str, list[dict[str, Any]]] = {s: [] for s in SERVICES}
+            services = tuple(s for s in UNARY_SERVICES if s in servers)
+            samples: dict[str, list[dict[str, Any]]] = {s: [] for s in services}
             for round_index in range(plan.rounds + 1):  # round 0: warm-up, discarded
-                for service in _order(round_index):
+                for service in _order(round_index, services):
                     seconds = plan.unary_warmup_seconds if round_index == 0 else plan.unary_seconds
                     result = worker.call(
                         {
@@ -292,9 +300,10 @@ def grpc_sections(plan: Plan) -> dict[str, Any]:
         seed = worker.call({"op": "seed", "target": subject.address})
         echo_args = ["-m", "bench.echo_server", "--listen", "127.0.0.1:0"]
         echo_args += ["--sizes", json.dumps(seed["sizes"])]
-        with server_process(echo_args) as echo:
+        with server_process(echo_args) as echo, server_process([*echo_args, "--parse"]) as parse:
             log(f"echo on {echo.address} (pid {echo.pid}); sizes {seed['sizes']}")
-            servers = {"subject": subject, "echo": echo}
+            log(f"parsing echo on {parse.address} (pid {parse.pid})")
+            servers = {"subject": subject, "echo": echo, "echo_parse": parse}
             available = bool(seed["watch_available"])
             loops = {
                 "server": event_loop_of(subject.pid),
