@@ -102,7 +102,7 @@ proto-check: proto ## fail when the committed generated code differs from `make 
 # Node.js) and checked for drift like the generated code.
 WEB_DEPS := client/web/node_modules/.package-lock.json
 WEB_ASSETS := server/runcontrol_server/http/web_assets
-$(WEB_DEPS): client/web/package-lock.json
+$(WEB_DEPS): client/web/package-lock.json client/web/package.json
 	cd client/web && npm ci --no-audit --no-fund --silent
 
 .PHONY: web web-check chromium

@@ -8,6 +8,7 @@ import asyncio
 import urllib.request
 
 import grpc
+import httpx
 import pytest
 from _http import GRPC_WEB_PROTO, JSON, envelope, serving
 from prometheus_client.parser import text_string_to_metric_families
@@ -127,9 +128,44 @@ async def test_cors_lets_the_named_origins_call_and_no_other() -> None:
         assert "access-control-allow-origin" not in refused.headers
         answered = await http.call("ListRuns", headers={"origin": other})
         assert "access-control-allow-origin" not in answered.headers
-        # Without an Origin (curl, servers) nothing changes.
+        # Without an Origin (curl, servers) no CORS headers either.
         plain = await http.call("ListRuns")
         assert "access-control-allow-origin" not in plain.headers
+
+
+async def test_with_cors_on_every_answer_varies_by_origin() -> None:
+    # A cache between must not hand the answer meant for one origin (with or without
+    # CORS headers) to another: every answer says it depends on Origin.
+    async with serving(Settings(http_cors_origin=(PAGE,))) as http:
+        answers = {
+            "allowed call": await http.call("ListRuns", headers={"origin": PAGE}),
+            "other origin's call": await http.call(
+                "ListRuns", headers={"origin": "http://evil.example"}
+            ),
+            "call without an origin": await http.call("ListRuns"),
+            "the page": await http.client.get("/"),
+            "the page for another origin": await http.client.get(
+                "/app.js", headers={"origin": "http://evil.example"}
+            ),
+            "refused preflight": await http.client.options(
+                http.url("ListRuns"),
+                headers={"origin": "http://evil.example", "access-control-request-method": "POST"},
+            ),
+            "preflight": await http.client.options(
+                http.url("ListRuns"),
+                headers={"origin": PAGE, "access-control-request-method": "POST"},
+            ),
+        }
+        for what, answer in answers.items():
+            assert "origin" in _varies(answer), (what, answer.headers)
+    # CORS off: the answers do not depend on Origin, and do not say so.
+    async with serving() as http:
+        assert "origin" not in _varies(await http.call("ListRuns", headers={"origin": PAGE}))
+        assert "origin" not in _varies(await http.client.get("/"))
+
+
+def _varies(answer: httpx.Response) -> set[str]:
+    return {v.strip().lower() for v in answer.headers.get_list("vary", split_commas=True)}
 
 
 async def test_cors_any_origin_and_none_by_default() -> None:
@@ -139,7 +175,12 @@ async def test_cors_any_origin_and_none_by_default() -> None:
             headers={"origin": "https://anywhere.example", "access-control-request-method": "POST"},
         )
         assert preflight.status_code == 204
-        assert preflight.headers["access-control-allow-origin"] == "https://anywhere.example"
+        # A literal "*" (no credentials are used): the answer is the same for any origin.
+        assert preflight.headers["access-control-allow-origin"] == "*"
+        called = await http.call("ListRuns", headers={"origin": "https://anywhere.example"})
+        assert called.status_code == 200, called.text
+        assert called.headers["access-control-allow-origin"] == "*"
+        assert "runcontrol-store-id" in called.headers["access-control-expose-headers"]
     async with serving() as http:
         preflight = await http.client.options(
             http.url("WatchRuns"),
@@ -157,6 +198,15 @@ def test_cors_origins_parse_from_flags_and_environment() -> None:
     from_env = parse_settings([], {"RUNCONTROL_HTTP_CORS_ORIGIN": "https://a.example, *"})
     assert from_env.http_cors_origin == ("https://a.example", "*")
     assert parse_settings([], {}).http_cors_origin == ()
+    # Browsers never send a scheme's default port: the origin is kept without it.
+    defaults = parse_settings(
+        ["--http-cors-origin", "https://A.example:443", "--http-cors-origin", "http://x:80"], {}
+    )
+    assert defaults.http_cors_origin == ("https://a.example", "http://x")
+    others = parse_settings(
+        ["--http-cors-origin", "http://x:443", "--http-cors-origin", "https://[::1]:443"], {}
+    )
+    assert others.http_cors_origin == ("http://x:443", "https://[::1]")
     for bad in ("a.example", "https://a.example/", "ftp://a.example", "https://a.example:x"):
         with pytest.raises(SystemExit):
             parse_settings(["--http-cors-origin", bad], {})

@@ -3,7 +3,9 @@
 The page is served by the server's HTTP listener and talks Connect to it; the runs are
 made and moved by the Python client over gRPC, so what the browser shows went through
 the server's WatchRuns stream. Each step waits for what the page shows (Playwright's
-`expect`, with a generous timeout that only guards against a hang); nothing sleeps.
+`expect`, with a generous timeout that only guards against a hang) or for the page's
+requests; nothing sleeps. The page counts the streams it opened for a fresh snapshot in
+`#connection[data-snapshots]`, so a test can tell a resume from a re-snapshot.
 
 Needs Chromium at /usr/bin/chromium (RUNCONTROL_CHROMIUM names another): `make test`
 installs Debian's package when it is missing. A missing browser fails the test, it
@@ -20,12 +22,14 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import grpc
 import pytest
 from _security import ADMIN_TOKEN, READER_TOKEN, write_tokens
-from _streams import until
-from playwright.async_api import Browser, Locator, Page, async_playwright, expect
+from _streams import open_watch, until
+from playwright.async_api import Browser, Locator, Page, Request, Route, async_playwright, expect
 
 from runcontrol import AsyncClient, RunStatus
+from runcontrol.v1 import run_control_pb2_grpc
 from runcontrol_server.app import RunControlServer
 from runcontrol_server.config import Settings
 
@@ -45,6 +49,7 @@ CHROMIUM_ARGS = [
 # Guards against a hang only; every step normally takes milliseconds (reconnecting
 # after a restart: the page's backoff, at most 4 s).
 WAIT_MS = 20_000
+WATCH_RUNS = "**/runcontrol.v1.RunControl/WatchRuns"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 
 
@@ -107,12 +112,30 @@ async def expect_connection(page: Page, state: str) -> None:
     )
 
 
+async def expect_snapshots(page: Page, count: int) -> None:
+    """How many streams the page opened for a fresh snapshot (the rest resumed)."""
+    await expect(page.locator("#connection")).to_have_attribute(
+        "data-snapshots", str(count), timeout=WAIT_MS
+    )
+
+
+def is_watch(request: Request) -> bool:
+    return request.url.endswith("/runcontrol.v1.RunControl/WatchRuns")
+
+
+def resumes(request: Request) -> bool:
+    """A WatchRuns request that resumes (a start revision), not a snapshot."""
+    body = request.post_data_buffer or b""
+    return b"startRevision" in body and b"sendInitial" not in body
+
+
 async def test_the_page_follows_runs_live_cancels_and_survives_a_restart(
     browser: Browser, tmp_path: Path
 ) -> None:
     async with server(Settings()) as first:
         page = await open_page(browser, first.http_address)
         await expect_connection(page, "live")
+        await expect_snapshots(page, 1)
         async with AsyncClient(first.address) as client:
             # Created over gRPC, shown by the page from its WatchRuns stream.
             started = time.perf_counter()
@@ -155,10 +178,21 @@ async def test_the_page_follows_runs_live_cancels_and_survives_a_restart(
             await page.select_option("#status-filter", "")
             await expect(page.locator("tr[data-run-id]")).to_have_count(3)
 
-        shot = tmp_path / "web-view.png"
-        await page.screenshot(path=str(shot), full_page=True)
-        ARTIFACTS.mkdir(exist_ok=True)
-        shutil.copyfile(shot, ARTIFACTS / "web-view.png")
+            shot = tmp_path / "web-view.png"
+            await page.screenshot(path=str(shot), full_page=True)
+            ARTIFACTS.mkdir(exist_ok=True)
+            shutil.copyfile(shot, ARTIFACTS / "web-view.png")
+
+            # A redraw leaves unchanged rows in place: a focused Cancel button keeps the
+            # focus while a thread before its own appears and another one goes.
+            button = row(page, busy.run_id).locator("button.cancel")
+            await button.focus()
+            await expect(button).to_be_focused()
+            early = await client.create_run("thread-0")
+            await expect_status(page, early.run_id, "PENDING")
+            await client.delete_run(run.run_id)
+            await expect(page.locator('tbody[data-thread-id="thread-a"]')).to_have_count(0)
+            await expect(button).to_be_focused()
 
         address = first.http_address
         assert address is not None
@@ -167,9 +201,11 @@ async def test_the_page_follows_runs_live_cancels_and_survives_a_restart(
     await expect_connection(page, "disconnected")
 
     # A new server (a new, empty in-memory store) on the same address: the page
-    # reconnects by itself and shows that store's runs, not the old ones.
+    # reconnects by itself, sees another store id and starts over from a snapshot of
+    # that store's runs, not the old ones.
     async with server(Settings(), http_listen=address) as second:
         await expect_connection(page, "live")
+        await expect_snapshots(page, 2)
         await expect(page.locator("tr[data-run-id]")).to_have_count(0, timeout=WAIT_MS)
         async with AsyncClient(second.address) as client:
             fresh = await client.create_run("thread-new")
@@ -202,8 +238,15 @@ async def test_cancel_needs_an_admin_token_when_auth_is_on(
             await expect(notice).to_contain_text("admin token")
             assert (await client.fetch_run(run.run_id)).status is RunStatus.PENDING
 
-            await token.fill(ADMIN_TOKEN)
-            await token.press("Enter")
+            # The new token reconnects the stream at once, and it carries the token.
+            async with page.expect_request(
+                lambda request: (
+                    is_watch(request)
+                    and request.headers.get("authorization") == f"Bearer {ADMIN_TOKEN}"
+                )
+            ):
+                await token.fill(ADMIN_TOKEN)
+                await token.press("Enter")
             await expect_connection(page, "live")
             await cancel.click()
 
@@ -212,4 +255,88 @@ async def test_cancel_needs_an_admin_token_when_auth_is_on(
 
             await until(interrupted, "the admin's cancel interrupted the run")
             await expect_status(page, run.run_id, "INTERRUPTED")
+        await page.close()
+
+
+async def test_the_page_resumes_from_a_durable_store_across_servers(
+    browser: Browser, pg_url: str
+) -> None:
+    """A rolling restart over one PostgreSQL store: the old server drains, a new one
+    takes its address after runs changed. The page resumes from its revision (no new
+    snapshot) and shows exactly the store's runs; refusals that carry no store id (the
+    drain gate) or that the handler answers after its headers (a watcher limit) neither
+    make it start over nor count as live."""
+    settings = Settings(store=pg_url)
+    watches: list[Request] = []
+    async with server(settings) as first:
+        address = first.http_address
+        page = await open_page(browser, address)
+        page.on("request", lambda request: watches.append(request) if is_watch(request) else None)
+        await expect_connection(page, "live")
+        await expect_snapshots(page, 1)
+        async with AsyncClient(first.address) as client:
+            kept = await client.create_run("thread-a")
+            claimed = await client.create_run("thread-b")
+            deleted = await client.create_run("thread-d")
+            await client.cancel_run(deleted.run_id)
+            await expect_status(page, deleted.run_id, "INTERRUPTED")
+            await expect(page.locator("tr[data-run-id]")).to_have_count(3)
+
+        # Drain: the stream ends with SHUTTING_DOWN and every reconnect is refused by the
+        # drain gate, before the handler sends the store id. That is no new store: the
+        # page keeps resuming (two refused reconnects: the first one's outcome was seen).
+        before_drain = len(watches)
+        await first.begin_drain()
+        await until(lambda: len(watches) >= before_drain + 2, "two reconnects to a draining server")
+        await expect(page.locator("#connection")).to_contain_text("SHUTTING_DOWN")
+        await expect_connection(page, "disconnected")
+        await expect_snapshots(page, 1)
+        assert all(resumes(request) for request in watches[before_drain:])
+
+        # Held off the next server until its store moved past the page's revision.
+        async def refuse(route: Route) -> None:
+            await route.abort()
+
+        await page.route(WATCH_RUNS, refuse)
+
+    # The next server: same store, the old address, one watcher slot (taken below).
+    async with server(dataclasses.replace(settings, max_watchers=1), http_listen=address) as second:
+        async with AsyncClient(second.address) as client:
+            await client.set_status(claimed.run_id, RunStatus.RUNNING, worker_id="worker-9")
+            await client.delete_run(deleted.run_id)
+            created = await client.create_run("thread-c")
+            expected = {run.run_id: run.status.name async for run in client.list_runs()}
+        assert expected == {
+            kept.run_id: "PENDING",
+            claimed.run_id: "RUNNING",
+            created.run_id: "PENDING",
+        }
+
+        async with grpc.aio.insecure_channel(second.address) as channel:
+            # The only watcher slot is taken: the page's resume gets its headers (with the
+            # store id) and then LIMIT_EXCEEDED. Not live, not a new snapshot.
+            holder = await open_watch(run_control_pb2_grpc.RunControlStub(channel))
+            await page.evaluate(
+                """() => {
+                  const connection = document.getElementById("connection");
+                  window.states = [];
+                  new MutationObserver(() => window.states.push(connection.dataset.state))
+                    .observe(connection, { attributes: true, attributeFilter: ["data-state"] });
+                }"""
+            )
+            await page.unroute(WATCH_RUNS, refuse)
+            await expect(page.locator("#connection")).to_contain_text("LIMIT_EXCEEDED")
+            assert "live" not in await page.evaluate("() => window.states")
+            await expect_snapshots(page, 1)
+            holder.cancel()
+
+        # The slot is free: the page resumes from its revision and shows exactly the
+        # store's runs, the deleted one gone, without starting over.
+        await expect_connection(page, "live")
+        for run_id, status in expected.items():
+            await expect_status(page, run_id, status)
+        await expect(page.locator("tr[data-run-id]")).to_have_count(len(expected))
+        await expect_snapshots(page, 1)
+        # Every stream since the first one resumed.
+        assert watches and all(resumes(request) for request in watches)
         await page.close()

@@ -218,10 +218,18 @@ def _origin(value: str) -> str:
     ):
         raise ValueError("expected SCHEME://HOST[:PORT] (http or https, no path) or *")
     try:
-        parts.port  # noqa: B018  # raises ValueError for a bad port
+        port = parts.port
     except ValueError:
         raise ValueError("the port must be an integer from 0 to 65535") from None
-    return value.lower()
+    # Written as browsers send it: lower case, brackets around an IPv6 host, and no
+    # port when it is the scheme's default (they never send ":443" or ":80").
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    if port is None or port == _DEFAULT_PORTS[parts.scheme]:
+        return f"{parts.scheme}://{host}"
+    return f"{parts.scheme}://{host}:{port}"
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 STORE_SCHEMES = ("postgresql://", "postgres://")

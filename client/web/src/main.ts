@@ -17,10 +17,14 @@ import { CancelAction, EventType, RunStatus, type RunRecord } from "./gen/runcon
 const TOKEN_KEY = "runcontrol.token";
 const STORE_ID_HEADER = "runcontrol-store-id";
 // The server sends a progress message when nothing else was sent for this long (a
-// resumed stream's first message, hence its response headers, may wait that long)...
+// resumed stream's first message, which makes the page live, may wait that long)...
 const PROGRESS_SECONDS = 1n;
 // ...so a stream silent for this long is dead, whatever the socket says.
 const STALL_MS = 5000;
+// A fresh snapshot's first message waits for the server to read every run: longer.
+const SNAPSHOT_MS = 30_000;
+// Reconnect delays, each with jitter (a random half to whole of it), so pages that lost
+// the same server do not all come back at the same instant.
 const BACKOFF_MS = [250, 500, 1000, 2000, 4000];
 const ACTIVE = new Set([RunStatus.PENDING, RunStatus.RUNNING]);
 
@@ -49,9 +53,13 @@ const withToken: Interceptor = (next) => (request) => {
   return next(request);
 };
 
+// The directory the page was served from, so the calls reach the same server behind a
+// path prefix too ("https://host/runcontrol/" -> "https://host/runcontrol").
+const baseUrl = new URL(".", location.href).href.replace(/\/$/, "");
+
 const client = createClient(
   RunControl,
-  createConnectTransport({ baseUrl: location.origin, interceptors: [withToken] }),
+  createConnectTransport({ baseUrl, interceptors: [withToken] }),
 );
 
 /** "permission_denied (PERMISSION_DENIED): message", as short as the error allows. */
@@ -66,9 +74,10 @@ function describe(error: unknown): string {
 
 const runs = new Map<string, RunRecord>();
 let revision = 0n; // the last revision fully processed: resume from the next one
-let storeId: string | null = null; // the store `runs` came from
+let storeId: string | null = null; // the store `runs` came from (null: not announced)
 let synced = false; // `runs` is a snapshot plus every change since: resumable
 let storeChanged = false; // the resumed stream came from another store: resync now
+let snapshots = 0; // streams opened for a fresh snapshot (data-snapshots, for tests)
 
 type Connection = "connecting" | "live" | "disconnected";
 
@@ -92,11 +101,20 @@ function apply(message: WatchRunsResponse, into: Map<string, RunRecord>): void {
 let current: AbortController | null = null;
 let wake: (() => void) | null = null;
 
-/** One WatchRuns call, until it fails. `onLive` once it is serving. */
+/** One WatchRuns call, until it fails. `onLive` once it is serving: the snapshot is
+ * complete, or a resumed stream delivered its first message. Headers alone prove
+ * nothing: the server sends them before the call can still fail (the store down, a
+ * watcher limit reached). */
 async function watchOnce(abort: AbortController, onLive: () => void): Promise<void> {
   const resume = synced;
   const snapshot = new Map<string, RunRecord>();
-  let stall = setTimeout(() => abort.abort(new Error("stalled")), STALL_MS);
+  let announced: string | null = null;
+  let live = false;
+  if (!resume) {
+    snapshots += 1;
+    ui.connection.dataset.snapshots = String(snapshots);
+  }
+  let stall = setTimeout(() => abort.abort(new Error("stalled")), resume ? STALL_MS : SNAPSHOT_MS);
   try {
     const stream = client.watchRuns(
       resume
@@ -105,16 +123,15 @@ async function watchOnce(abort: AbortController, onLive: () => void): Promise<vo
       {
         signal: abort.signal,
         onHeader(headers) {
-          const id = headers.get(STORE_ID_HEADER);
-          if (resume && id !== storeId) {
-            // Another store (a restarted in-memory server): its revisions are not ours.
+          announced = headers.get(STORE_ID_HEADER);
+          // Only an announced, different id means another store (a restarted in-memory
+          // server): its revisions are not ours. A call refused before the handler (auth,
+          // a draining server, a concurrency limit) announces none: that says nothing.
+          if (resume && announced !== null && storeId !== null && announced !== storeId) {
             synced = false;
             storeChanged = true;
             abort.abort(new Error("new store"));
-            return;
           }
-          storeId = id;
-          if (resume) onLive();
         },
       },
     );
@@ -127,13 +144,17 @@ async function watchOnce(abort: AbortController, onLive: () => void): Promise<vo
         runs.clear();
         for (const [id, run] of snapshot) runs.set(id, run);
         synced = true;
-        onLive();
+        storeId = announced;
       } else {
         apply(message, runs);
+        if (announced !== null) storeId = announced;
+      }
+      if (!live) {
+        live = true;
+        onLive();
       }
       revision = message.revision;
-      // A progress message moves the revision only: no redraw (a redraw under a click
-      // in progress would swallow it).
+      // A progress message moves the revision only: no redraw needed.
       if (message.events.length > 0 || message.endOfInitialSet) render();
       else ui.revision.textContent = `revision ${revision}`;
     }
@@ -171,7 +192,8 @@ async function follow(): Promise<void> {
       }
       setConnection("disconnected", describe(e));
     }
-    const delay = BACKOFF_MS[Math.min(failures, BACKOFF_MS.length - 1)];
+    const base = BACKOFF_MS[Math.min(failures, BACKOFF_MS.length - 1)];
+    const delay = base / 2 + Math.random() * (base / 2);
     failures += 1;
     await new Promise<void>((resolve) => {
       const timer = setTimeout(resolve, delay);
@@ -224,8 +246,9 @@ function cell(row: HTMLTableRowElement, className: string, text: string): HTMLTa
   return td;
 }
 
-// Each run's row, kept while the run is unchanged: a redraw moves rows, never replaces
-// an unchanged one, so a click on its button is not lost to a change elsewhere.
+// Each run's row, kept while the run is unchanged (a change makes a new row): a redraw
+// leaves an unchanged row where it is, so its button keeps the focus and a click on it
+// is not lost to a change elsewhere.
 const rows = new WeakMap<RunRecord, HTMLTableRowElement>();
 
 function runRow(run: RunRecord, now: number): HTMLTableRowElement {
@@ -253,6 +276,43 @@ function runRow(run: RunRecord, now: number): HTMLTableRowElement {
     actions.append(button);
   }
   return row;
+}
+
+// Each thread's rows, kept across redraws.
+const threadBodies = new Map<string, HTMLTableSectionElement>();
+
+function threadBody(thread: string): HTMLTableSectionElement {
+  const kept = threadBodies.get(thread);
+  if (kept) return kept;
+  const body = document.createElement("tbody");
+  body.dataset.threadId = thread;
+  const heading = body.insertRow();
+  heading.className = "thread";
+  const th = document.createElement("th");
+  th.colSpan = 6;
+  th.scope = "rowgroup";
+  heading.append(th);
+  threadBodies.set(thread, body);
+  return body;
+}
+
+/** Make `current` (the last children of `parent`) into `desired`, moving only what is
+ * out of place: a node that stays where it was is never detached, so it keeps the
+ * keyboard focus (a Cancel button) and a click in progress. */
+function arrange(parent: Element, current: readonly Element[], desired: readonly Element[]): void {
+  const wanted = new Set(desired);
+  const placed = current.filter((node) => {
+    if (wanted.has(node)) return true;
+    node.remove();
+    return false;
+  });
+  desired.forEach((node, index) => {
+    if (placed[index] === node) return;
+    parent.insertBefore(node, placed[index] ?? null);
+    const was = placed.indexOf(node);
+    if (was >= 0) placed.splice(was, 1);
+    placed.splice(index, 0, node);
+  });
 }
 
 let scheduled = false;
@@ -292,21 +352,19 @@ function draw(): void {
     const list = byThread.get(thread) ?? [];
     // Newest first, as ListRuns orders them.
     list.sort((a, b) => created(b) - created(a) || Number(b.createRevision - a.createRevision));
-    const body = document.createElement("tbody");
-    body.dataset.threadId = thread;
-    const heading = body.insertRow();
-    heading.className = "thread";
-    const th = document.createElement("th");
-    th.colSpan = 6;
-    th.scope = "rowgroup";
+    const body = threadBody(thread);
+    const heading = body.rows[0];
     const active = list.filter((run) => ACTIVE.has(run.status)).length;
-    th.textContent = `${thread} — ${list.length} run${list.length === 1 ? "" : "s"}${active ? `, ${active} active` : ""}`;
-    heading.append(th);
-    for (const run of list) body.append(runRow(run, now));
+    const title = `${thread} — ${list.length} run${list.length === 1 ? "" : "s"}${active ? `, ${active} active` : ""}`;
+    const th = heading.cells[0];
+    if (th.textContent !== title) th.textContent = title;
+    arrange(body, [...body.rows], [heading, ...list.map((run) => runRow(run, now))]);
     bodies.push(body);
   }
-  [...ui.runs.tBodies].forEach((body) => body.remove());
-  ui.runs.append(...bodies);
+  arrange(ui.runs, [...ui.runs.tBodies], bodies);
+  for (const thread of threadBodies.keys()) {
+    if (!byThread.has(thread)) threadBodies.delete(thread);
+  }
   ui.empty.hidden = bodies.length > 0;
   ui.revision.textContent = synced ? `revision ${revision}` : "";
 }
@@ -335,7 +393,9 @@ async function cancel(runId: string, button: HTMLButtonElement): Promise<void> {
       action: CancelAction.INTERRUPT,
       reason: "cancelled from the web view",
     });
-    notify(`Cancelled ${runId}: ${statusName(answer.run?.status ?? RunStatus.UNSPECIFIED)}`, "ok");
+    const status = statusName(answer.run?.status ?? RunStatus.UNSPECIFIED);
+    if (answer.cancelled) notify(`Cancelled ${runId}: ${status}`, "ok");
+    else notify(`${runId} already finished: ${status}`, "ok");
   } catch (error) {
     const e = ConnectError.from(error);
     const hint =

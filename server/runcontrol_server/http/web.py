@@ -10,7 +10,10 @@ a file request at all, so no path is ever joined onto a directory (no traversal)
 the CORS response headers to their calls, with the headers Connect and gRPC-Web send
 and read (as connectrpc's cors-es lists them) plus this service's own. Other origins
 get no CORS headers, so browsers keep their pages from reading the answers; calls
-without an `Origin` (curl, servers, the page itself, same-origin) are untouched.
+without an `Origin` (curl, servers, the page itself, same-origin) get none either.
+Every answer says `Vary: Origin`, so a cache between never hands one origin's answer
+(with or without CORS headers) to another. With `*` the allowed origin is a literal
+`*`: no credentials (cookies, HTTP auth) are involved, the token is a plain header.
 """
 
 from __future__ import annotations
@@ -143,6 +146,9 @@ class Cors:
     def _allowed(self, origin: bytes | None) -> bool:
         return origin is not None and (self._any or origin in self._origins)
 
+    def _allow_origin(self, origin: bytes) -> bytes:
+        return b"*" if self._any else origin
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self._app(scope, receive, send)
@@ -156,15 +162,15 @@ class Cors:
         if preflight:
             await self._preflight(send, origin)
             return
-        if not self._allowed(origin):
-            await self._app(scope, receive, send)
-            return
-        assert origin is not None
-        cors = [
-            (b"access-control-allow-origin", origin),
-            (b"access-control-expose-headers", EXPOSED_HEADERS),
-            (b"vary", b"Origin"),
-        ]
+        if self._allowed(origin):
+            assert origin is not None
+            cors = [
+                (b"access-control-allow-origin", self._allow_origin(origin)),
+                (b"access-control-expose-headers", EXPOSED_HEADERS),
+                (b"vary", b"Origin"),
+            ]
+        else:
+            cors = [(b"vary", b"Origin")]
 
         async def send_with_cors(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -180,7 +186,7 @@ class Cors:
             return
         assert origin is not None
         headers = [
-            (b"access-control-allow-origin", origin),
+            (b"access-control-allow-origin", self._allow_origin(origin)),
             (b"access-control-allow-methods", ALLOWED_METHODS),
             (b"access-control-allow-headers", ALLOWED_HEADERS),
             (b"access-control-max-age", PREFLIGHT_MAX_AGE),
