@@ -59,6 +59,7 @@ import {
 } from './gen/runcontrol/v1/run_control_pb.js';
 import { bearerInterceptor, resolveSecurity, type Security, type SecurityOptions, type TlsOptions } from './auth.js';
 import { parseJson, stringifyJson, type JsonValue } from './json.js';
+import { resumingWatch, type ResumingWatchOptions } from './watch.js';
 
 // The contract, straight from the generated code: every message type and its schema,
 // the enums and the service descriptor.
@@ -71,11 +72,18 @@ export { create, type MessageInitShape } from '@bufbuild/protobuf';
 export { durationFromMs, type Duration, type Timestamp } from '@bufbuild/protobuf/wkt';
 export type { JsonValue, SecurityOptions, TlsOptions };
 export { ENV } from './auth.js';
+export type { ResumingWatchOptions, Resync, ResyncReason } from './watch.js';
 
 /** The ErrorInfo domain of runcontrol's errors. */
 export const ERROR_DOMAIN = 'runcontrol';
 /** Request header asking for payloads as JSON text (exact integers) in every RunRecord. */
 export const PAYLOAD_FORMAT_HEADER = 'runcontrol-payload-format';
+/**
+ * Response header of every WatchRuns stream: the identity of the server's store. Revisions
+ * are positions in one store; another id (an in-memory server that restarted) means the
+ * revisions seen before mean nothing there: re-list instead of resuming.
+ */
+export const STORE_ID_HEADER = 'runcontrol-store-id';
 
 /**
  * `grpc`: gRPC over HTTP/2, to the server's gRPC port (`--listen`).
@@ -105,6 +113,20 @@ export interface CallOptions {
    * set here (e.g. to "struct" to get the Structs instead).
    */
   headers?: HeadersInit;
+  /** Called with the response headers once they arrive. */
+  onHeader?: (headers: Headers) => void;
+  /** Called with the response trailers when the call ends without an error. */
+  onTrailer?: (trailers: Headers) => void;
+}
+
+/**
+ * What `watchRuns` returns: an async generator of the stream's messages, and the
+ * store identity (`runcontrol-store-id`) the server announced, once its response
+ * headers arrived (before the first message or error); null until then, or when the
+ * server announced none.
+ */
+export interface WatchStream extends AsyncGenerator<WatchRunsResponse, void, undefined> {
+  readonly storeId: string | null;
 }
 
 /** Request init shapes: partial plain objects, as `create(Schema, init)` takes them. */
@@ -222,11 +244,13 @@ export class RunControlError extends Error {
 }
 
 /**
- * The RunControlError for an error a call ended with, the caller's abort aside. The
- * client cancels a call only through its signal, so a CANCELLED, ABORTED or INTERNAL
- * error that connect-node made of a dropped or refused connection (a TLS mismatch, a
- * reset, a stream reset by the peer) is UNAVAILABLE, as gRPC clients report it, so
- * that retry logic keyed on UNAVAILABLE sees it. A status the server sent is kept.
+ * The RunControlError for an error a call ended with, the caller's abort and the
+ * client's close() aside (both handled before this). A heuristic: connect-node reports
+ * a dropped or refused connection (a TLS mismatch, a reset, a stream reset by the peer)
+ * as CANCELLED, ABORTED or INTERNAL with a Node.js system error or an HTTP/2 RST_STREAM
+ * behind it; such an error is reported UNAVAILABLE, as gRPC clients report it, so that
+ * retry logic keyed on UNAVAILABLE sees it. It can misjudge a failure it has not been
+ * seen with; a status the server sent is always kept.
  */
 const DROPPED = new Set([Code.Canceled, Code.Aborted, Code.Internal]);
 
@@ -248,6 +272,11 @@ function callError(err: unknown): RunControlError {
     return RunControlError.from(new ConnectError(err.rawMessage, Code.Unavailable, err.metadata, undefined, err));
   }
   return RunControlError.from(err);
+}
+
+/** The error of a call that close() cancelled: CANCELLED, whatever the transport made of it. */
+function closedError(err: unknown): RunControlError {
+  return new RunControlError({ code: Code.Canceled, details: 'the client was closed', cause: err });
 }
 
 function abortReason(signal: AbortSignal): unknown {
@@ -290,6 +319,10 @@ export class RunControlClient {
   private readonly rpc: Client<typeof RunControl>;
   private readonly sessionManager: Http2SessionManager | null = null;
   private readonly agent: http.Agent | null = null;
+  /** Aborted (and replaced) by close(): every call in progress listens to it. */
+  private closing = new AbortController();
+  /** waitForReady's probe sockets (Connect transport) while they are open. */
+  private readonly probes = new Set<net.Socket>();
 
   /**
    * @param address the server's gRPC address ("host:port") for `transport: 'grpc'`
@@ -330,22 +363,25 @@ export class RunControlClient {
 
   /** Resolve once the server accepts a connection, reject after `deadlineMs`. */
   async waitForReady(deadlineMs = 10_000): Promise<void> {
+    // Aborted when the deadline wins, so that the probe socket is not left connecting.
+    const probe = new AbortController();
     let timer: NodeJS.Timeout | undefined;
     const expired = new Promise<never>((_, reject) => {
-      timer = setTimeout(
-        () => reject(new RunControlError({ code: Code.DeadlineExceeded, details: `not ready within ${deadlineMs} ms` })),
-        deadlineMs,
-      );
+      timer = setTimeout(() => {
+        probe.abort();
+        reject(new RunControlError({ code: Code.DeadlineExceeded, details: `not ready within ${deadlineMs} ms` }));
+      }, deadlineMs);
     });
     try {
-      await Promise.race([this.connectOnce(), expired]);
+      await Promise.race([this.connectOnce(probe.signal), expired]);
     } finally {
       clearTimeout(timer);
     }
   }
 
-  private async connectOnce(): Promise<void> {
+  private async connectOnce(signal: AbortSignal): Promise<void> {
     if (this.sessionManager) {
+      // The session manager's connection attempt is the client's own: close() ends it.
       const state = await this.sessionManager.connect();
       if (state === 'error') throw RunControlError.from(ConnectError.from(this.sessionManager.error(), Code.Unavailable));
       return;
@@ -358,6 +394,15 @@ export class RunControlClient {
       const socket = this.tls
         ? tls.connect({ host, port, ...this.tls, ...(net.isIP(host) ? {} : { servername: host }) })
         : net.connect({ host, port });
+      this.probes.add(socket);
+      const onAbort = () => socket.destroy();
+      signal.addEventListener('abort', onAbort, { once: true });
+      socket.once('close', () => {
+        this.probes.delete(socket);
+        signal.removeEventListener('abort', onAbort);
+        // Closed before it connected or failed: by the deadline, or by close().
+        reject(new RunControlError({ code: Code.Canceled, details: 'the connection attempt was closed' }));
+      });
       socket.once(this.tls ? 'secureConnect' : 'connect', () => {
         socket.destroy();
         resolve();
@@ -369,6 +414,33 @@ export class RunControlClient {
     });
   }
 
+  /**
+   * The signal of one call: aborted when the caller's `signal` is, or by close().
+   * `release()` ends the call's ties to both (and aborts it, if it still runs).
+   */
+  private callSignal(signal: AbortSignal | undefined): { signal: AbortSignal; closing: AbortSignal; release: () => void } {
+    const controller = new AbortController();
+    const closing = this.closing.signal;
+    const onAbort = () => controller.abort(signal?.reason);
+    const onClose = () => controller.abort(closing.reason);
+    signal?.addEventListener('abort', onAbort, { once: true });
+    closing.addEventListener('abort', onClose, { once: true });
+    const release = () => {
+      signal?.removeEventListener('abort', onAbort);
+      closing.removeEventListener('abort', onClose);
+      controller.abort();
+    };
+    return { signal: controller.signal, closing, release };
+  }
+
+  private callOptions(options: CallOptions, signal: AbortSignal, timeoutMs: number | undefined): ConnectCallOptions {
+    const callOptions: ConnectCallOptions = { signal, timeoutMs: timeoutMs ?? 0 };
+    if (options.headers) callOptions.headers = options.headers;
+    if (options.onHeader) callOptions.onHeader = options.onHeader;
+    if (options.onTrailer) callOptions.onTrailer = options.onTrailer;
+    return callOptions;
+  }
+
   private async unary<I, O>(
     method: (request: I, options?: ConnectCallOptions) => Promise<O>,
     request: I,
@@ -377,14 +449,16 @@ export class RunControlClient {
     const { signal } = options;
     if (signal?.aborted) throw abortReason(signal);
     const deadlineMs = options.deadlineMs === undefined ? this.defaultDeadlineMs : options.deadlineMs;
-    const callOptions: ConnectCallOptions = { timeoutMs: timeoutOf(deadlineMs) ?? 0 };
-    if (signal) callOptions.signal = signal;
-    if (options.headers) callOptions.headers = options.headers;
+    const timeoutMs = timeoutOf(deadlineMs);
+    const call = this.callSignal(signal);
     try {
-      return await method(request, callOptions);
+      return await method(request, this.callOptions(options, call.signal, timeoutMs));
     } catch (err) {
       if (signal?.aborted) throw abortReason(signal);
+      if (call.closing.aborted) throw closedError(err);
       throw callError(err);
+    } finally {
+      call.release();
     }
   }
 
@@ -431,31 +505,66 @@ export class RunControlClient {
    * `return()`, or aborting `signal` cancels it at once. A server error is thrown
    * as RunControlError after the messages received before it; an abort throws the
    * signal's reason (an AbortError by default). The client's default deadline does
-   * not apply to watches; pass `deadlineMs` to bound one.
+   * not apply to watches; pass `deadlineMs` to bound one. The returned stream's
+   * `storeId` is the server's store identity, once its response headers arrived.
    */
-  async *watchRuns(request: WatchRunsInit = {}, options: CallOptions = {}): AsyncGenerator<WatchRunsResponse, void, undefined> {
+  watchRuns(request: WatchRunsInit = {}, options: CallOptions = {}): WatchStream {
+    const seen = { storeId: null as string | null };
+    const stream = this.watchMessages(request, options, seen);
+    Object.defineProperty(stream, 'storeId', { enumerable: true, get: () => seen.storeId });
+    return stream as WatchStream;
+  }
+
+  private async *watchMessages(
+    request: WatchRunsInit,
+    options: CallOptions,
+    seen: { storeId: string | null },
+  ): AsyncGenerator<WatchRunsResponse, void, undefined> {
     const { signal } = options;
     if (signal?.aborted) throw abortReason(signal);
+    const timeoutMs = timeoutOf(options.deadlineMs);
     // The call's own signal: Connect's stream iterator has no return(), so leaving
-    // the loop would not end the call; aborting this does, whatever the reason.
-    const controller = new AbortController();
-    const onAbort = () => controller.abort(signal?.reason);
-    signal?.addEventListener('abort', onAbort, { once: true });
-    const callOptions: ConnectCallOptions = { signal: controller.signal, timeoutMs: timeoutOf(options.deadlineMs) ?? 0 };
-    if (options.headers) callOptions.headers = options.headers;
+    // the loop would not end the call; release() aborts it, whatever the reason.
+    const call = this.callSignal(signal);
+    const callOptions = this.callOptions(options, call.signal, timeoutMs);
+    callOptions.onHeader = (headers) => {
+      seen.storeId = headers.get(STORE_ID_HEADER);
+      options.onHeader?.(headers);
+    };
     try {
       for await (const message of this.rpc.watchRuns(request, callOptions)) yield message;
     } catch (err) {
       if (signal?.aborted) throw abortReason(signal);
+      if (call.closing.aborted) throw closedError(err);
       throw callError(err);
     } finally {
-      signal?.removeEventListener('abort', onAbort);
-      controller.abort();
+      call.release();
     }
   }
 
-  /** Close the connection(s); calls in progress are cancelled. */
+  /**
+   * A watch that survives reconnects, as the Python client's `resuming_watch`: it
+   * yields the stream's messages and remembers the last revision delivered. After
+   * UNAVAILABLE (SHUTTING_DOWN included: a draining or restarting server, a dropped
+   * connection) or a stream the server ended, it watches again from that revision + 1
+   * after a backoff, so that every change is seen once. After REVISION_COMPACTED (it
+   * fell behind the server's history), when another store answers (`storeId` changed:
+   * an in-memory server that restarted, whose revisions are not the ones seen), or
+   * when an initial set (`sendInitial`) was cut off half way, it re-lists instead: a
+   * snapshot taken at one revision, handed whole to `onResync` (replace any state
+   * built from earlier messages with it); messages continue after its revision. Any
+   * other error is thrown, as is the last UNAVAILABLE once `maxReconnects` reconnects
+   * in a row received nothing.
+   */
+  resumingWatch(request: WatchRunsInit, options: ResumingWatchOptions): AsyncGenerator<WatchRunsResponse, void, undefined> {
+    return resumingWatch((attempt, callOptions) => this.watchRuns(attempt, callOptions), request, options);
+  }
+
+  /** Close the connection(s); calls in progress are cancelled (CANCELLED). */
   close(): void {
+    this.closing.abort();
+    this.closing = new AbortController(); // calls made after close() are not cancelled by it
+    for (const socket of this.probes) socket.destroy();
     this.sessionManager?.abort();
     this.agent?.destroy();
   }

@@ -9,7 +9,15 @@ import * as http2 from 'node:http2';
 import * as net from 'node:net';
 import { connectNodeAdapter } from '@connectrpc/connect-node';
 
-import { RunControlClient, RunControlError, RunControl, ErrorInfoSchema, Code, ConnectError } from '../dist/index.js';
+import {
+  RunControlClient,
+  RunControlError,
+  RunControl,
+  ErrorInfoSchema,
+  Code,
+  ConnectError,
+  STORE_ID_HEADER,
+} from '../dist/index.js';
 import { TRANSPORTS } from '../support/python-server.js';
 
 const TOKEN = 'fake-token-0123456789';
@@ -69,6 +77,16 @@ const fake = {
       yield progress(1);
       yield progress(2);
       throw notFound();
+    } else if (mode === 'flaky') {
+      // A server that keeps its store: the first stream is cut, a resume goes on.
+      ctx.responseHeader.set(STORE_ID_HEADER, 'store-a');
+      if (request.startRevision === 0n) {
+        yield progress(1);
+        yield progress(2);
+        throw new ConnectError('connection lost', Code.Unavailable);
+      }
+      yield progress(Number(request.startRevision));
+      await cancelledPromise(ctx);
     } else if (mode === 'finite') {
       for (let i = 1; i <= 50; i += 1) yield progress(i);
     } else {
@@ -99,7 +117,7 @@ function nextStarted(method) {
 }
 
 /**
- * @param {http.Server | http2.Http2Server} server
+ * @param {net.Server} server
  * @returns {Promise<string>} "127.0.0.1:PORT"
  */
 async function listen(server) {
@@ -316,6 +334,65 @@ for (const transport of TRANSPORTS) {
       assert.throws(() => new RunControlClient(addresses[transport], { transport, deadlineMs: -1 }), TypeError);
     });
 
+    it('resumingWatch: after UNAVAILABLE from the same store, resumes after the last revision', async () => {
+      /** @type {bigint[]} */
+      const starts = [];
+      /** @param {string} name @param {any} request */
+      const record = (name, request) => {
+        if (name === 'watchRuns') starts.push(request.startRevision);
+      };
+      seen.on('started', record);
+      /** @type {number[]} */
+      const delays = [];
+      try {
+        const revisions = [];
+        const watch = client.resumingWatch(
+          { threadId: 'flaky' },
+          {
+            onResync: () => assert.fail('the same store: nothing to re-list'),
+            sleep: async (ms) => void delays.push(ms),
+            initialBackoffMs: 7,
+          },
+        );
+        for await (const message of watch) {
+          revisions.push(message.revision);
+          if (revisions.length === 3) break;
+        }
+        assert.deepEqual(revisions, [1n, 2n, 3n]);
+        assert.deepEqual(starts, [0n, 3n]);
+        assert.deepEqual(delays, [7]);
+      } finally {
+        seen.off('started', record);
+      }
+    });
+
+    it('close() cancels the calls in progress: CANCELLED, not UNAVAILABLE', async () => {
+      const closing = new RunControlClient(addresses[transport], { transport, token: TOKEN });
+      const waitStarted = nextStarted('waitRun');
+      const watchStarted = nextStarted('watchRuns');
+      const waiting = closing.waitRun({ runId: 'r1' });
+      const watch = closing.watchRuns({ threadId: 'endless' });
+      assert.equal((await watch.next()).value?.revision, 1n);
+      const [wait, watching] = await Promise.all([waitStarted, watchStarted]);
+      closing.close();
+      await assert.rejects(waiting, { name: 'RunControlError', codeName: 'CANCELLED', code: Code.Canceled });
+      await assert.rejects(
+        (async () => {
+          for await (const _ of watch);
+        })(),
+        { name: 'RunControlError', codeName: 'CANCELLED' },
+      );
+      await Promise.all([wait.cancelled, watching.cancelled]); // the server saw both go
+      // The caller's abort stays an abort (its reason), not UNAVAILABLE either.
+      const started = nextStarted('waitRun');
+      const controller = new AbortController();
+      const aborted = client.waitRun({ runId: 'r1' }, { signal: controller.signal });
+      await started;
+      const reason = new Error('mine');
+      controller.abort(reason);
+      await assert.rejects(aborted, (err) => err === reason);
+    });
+
     it('nothing listening: UNAVAILABLE, and waitForReady rejects', async () => {
       const nowhere = new RunControlClient(await closedPort(), { transport });
       try {
@@ -328,6 +405,29 @@ for (const transport of TRANSPORTS) {
     });
   });
 }
+
+describe('waitForReady', () => {
+  it('destroys its probe socket when the deadline wins', async () => {
+    // Accepts TCP connections and never answers the TLS handshake.
+    const silent = net.createServer();
+    /** @type {Promise<void>} */
+    const probeClosed = new Promise((resolve) => {
+      silent.once('connection', (socket) => {
+        socket.resume(); // read (and drop) the ClientHello, so that the end is seen
+        socket.once('close', () => resolve());
+      });
+    });
+    const address = await listen(silent);
+    const client = new RunControlClient(`https://${address}`, { transport: 'connect', token: null });
+    try {
+      await assert.rejects(client.waitForReady(100), { name: 'RunControlError', codeName: 'DEADLINE_EXCEEDED' });
+      await probeClosed; // the client let go of it (a leak would hang here)
+    } finally {
+      client.close();
+      silent.close();
+    }
+  });
+});
 
 describe('construction', () => {
   it('addresses: host:port or an http(s) URL that agrees with the TLS options', () => {

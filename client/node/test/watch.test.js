@@ -5,7 +5,7 @@ import { describe, it, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 
-import { RunControlClient, RunStatus, EventType } from '../dist/index.js';
+import { RunControlClient, RunControlError, RunStatus, EventType, STORE_ID_HEADER } from '../dist/index.js';
 import { startServer, TRANSPORTS } from '../support/python-server.js';
 
 /** @type {import('../support/python-server.js').Server} */
@@ -113,6 +113,29 @@ for (const transport of TRANSPORTS) {
       assert.ok(resumed.events[0].revision > last);
     });
 
+    it('a watch stream carries the store id of the server', async () => {
+      const threadId = `thread-${randomUUID()}`;
+      /** @type {Headers | null} */
+      let header = null;
+      const stream = client.watchRuns({ threadId, sendInitial: true }, { onHeader: (h) => (header = h) });
+      assert.equal(stream.storeId, null); // the call starts on the first next()
+      let messages = 0;
+      for await (const message of stream) {
+        messages += 1;
+        assert.ok(message.endOfInitialSet); // the thread has no runs: the set is empty
+        break;
+      }
+      assert.equal(messages, 1);
+      assert.equal(typeof stream.storeId, 'string');
+      assert.ok(stream.storeId);
+      assert.equal(/** @type {Headers | null} */ (header)?.get(STORE_ID_HEADER), stream.storeId);
+      // The same store answers every stream of this server.
+      const again = client.watchRuns({ threadId, sendInitial: true });
+      await again.next();
+      assert.equal(again.storeId, stream.storeId);
+      await again.return();
+    });
+
     it('aborting a watch cancels it and throws the abort reason', async () => {
       const controller = new AbortController();
       const threadId = `thread-${randomUUID()}`;
@@ -131,6 +154,177 @@ for (const transport of TRANSPORTS) {
       // The server is still fine afterwards.
       const { hasInflight } = await client.hasInflight({ threadId: `thread-${randomUUID()}` });
       assert.equal(hasInflight, false);
+    });
+  });
+}
+
+/**
+ * Stop a server and check that it exited cleanly.
+ * @param {import('../support/python-server.js').Server} running
+ */
+async function stopCleanly(running) {
+  const { code, signal } = await running.stop(15_000);
+  assert.equal(signal, null, `server killed by ${signal}\n${running.stderr()}`);
+  assert.equal(code, 0, `server exit code ${code}\n${running.stderr()}`);
+}
+
+/**
+ * The store id of a server, from a watch stream's response headers.
+ * @param {RunControlClient} client
+ */
+async function storeIdOf(client) {
+  const stream = client.watchRuns({ threadId: `thread-${randomUUID()}`, sendInitial: true });
+  await stream.next();
+  await stream.return();
+  return stream.storeId;
+}
+
+/** A backoff that never fails the test: count it and go on at once. */
+function countingSleep() {
+  const sleep = async () => {
+    sleep.calls += 1;
+  };
+  sleep.calls = 0;
+  return sleep;
+}
+
+for (const transport of TRANSPORTS) {
+  describe(`${transport}: resumingWatch`, () => {
+    it('REVISION_COMPACTED: re-lists and hands the whole set to onResync', async () => {
+      const small = await startServer({ args: ['--history-size', '2'] });
+      const client = new RunControlClient(small.addressFor(transport), { transport, deadlineMs: 10_000 });
+      try {
+        const threadId = `thread-${randomUUID()}`;
+        const { revision } = await client.hasInflight({ threadId });
+        const run = (await client.createRun({ threadId })).run;
+        assert.ok(run);
+        // More changes than the history keeps: revision + 1 falls out of it.
+        for (let i = 0; i < 4; i += 1) await client.createRun({ threadId: `other-${randomUUID()}` });
+        await assert.rejects(client.watchRuns({ threadId, startRevision: revision + 1n }).next(), {
+          name: 'RunControlError',
+          reason: 'REVISION_COMPACTED',
+        });
+
+        /** @type {import('../dist/index.js').Resync[]} */
+        const resyncs = [];
+        const sleep = countingSleep();
+        const watch = client.resumingWatch(
+          { threadId, startRevision: revision + 1n },
+          {
+            onResync: async (resync) => {
+              resyncs.push(resync);
+              // A change after the snapshot: the watch goes on with it.
+              await client.setRunStatus({ runId: run.runId, status: RunStatus.RUNNING, workerId: 'w1' });
+            },
+            sleep,
+          },
+        );
+        /** @type {import('../dist/index.js').RunEvent[]} */
+        const events = [];
+        for await (const message of watch) {
+          events.push(...message.events);
+          if (events.length > 0) break;
+        }
+        assert.equal(sleep.calls, 0, 'no backoff: the server answered');
+        assert.equal(resyncs.length, 1);
+        const [resync] = resyncs;
+        assert.equal(resync.reason, 'REVISION_COMPACTED');
+        assert.equal(resync.storeId, await storeIdOf(client));
+        assert.deepEqual(
+          resync.runs.map((r) => [r.runId, r.status]),
+          [[run.runId, RunStatus.PENDING]],
+        );
+        assert.deepEqual(
+          events.map((e) => [e.type, e.run?.runId, e.run?.status]),
+          [[EventType.MODIFIED, run.runId, RunStatus.RUNNING]],
+        );
+        assert.ok(events[0].revision > resync.revision);
+      } finally {
+        client.close();
+        await stopCleanly(small);
+      }
+    });
+
+    it('an in-memory server restarted: another store id, so a re-list, not a resume', async () => {
+      const first = await startServer();
+      /** @type {import('../support/python-server.js').Server | null} */
+      let second = null;
+      /** @type {RunControlClient | null} */
+      let writer = null;
+      const client = new RunControlClient(first.addressFor(transport), { transport, deadlineMs: 10_000 });
+      try {
+        const firstStore = await storeIdOf(client);
+        const threadId = `thread-${randomUUID()}`;
+        const old = (await client.createRun({ threadId })).run;
+        assert.ok(old);
+        /** @type {import('../dist/index.js').RunRecord | undefined} */
+        let fresh;
+
+        /** @type {import('../dist/index.js').Resync[]} */
+        const resyncs = [];
+        const sleep = countingSleep();
+        const watch = client.resumingWatch(
+          { threadId, sendInitial: true },
+          {
+            onResync: async (resync) => {
+              resyncs.push(resync);
+              assert.ok(writer && fresh);
+              await writer.setRunStatus({ runId: fresh.runId, status: RunStatus.SUCCESS, workerId: 'w1' });
+            },
+            sleep,
+          },
+        );
+        /** @type {(string | undefined)[]} */
+        const initial = [];
+        /** @type {import('../dist/index.js').WatchRunsResponse[]} */
+        const afterRestart = [];
+        for await (const message of watch) {
+          if (second === null) {
+            // The initial set, from the first server: the old run.
+            initial.push(...message.events.map((e) => e.run?.runId));
+            if (!message.endOfInitialSet) continue;
+            assert.deepEqual(initial, [old.runId]);
+            // Stopped gracefully (the watch gets SHUTTING_DOWN), and a new server on
+            // the same ports: a new, empty store.
+            await stopCleanly(first);
+            second = await startServer({ args: ['--listen', first.address, '--http-listen', first.httpAddress] });
+            writer = new RunControlClient(second.addressFor(transport), { transport, deadlineMs: 10_000 });
+            // Changes whose revisions pass the ones seen: resuming would deliver them
+            // as if they followed the old store's.
+            fresh = (await writer.createRun({ threadId })).run;
+            assert.ok(fresh);
+            await writer.setRunStatus({ runId: fresh.runId, status: RunStatus.RUNNING, workerId: 'w1' });
+            continue;
+          }
+          afterRestart.push(message);
+          if (message.events.length > 0) break;
+        }
+        assert.ok(fresh);
+        assert.ok(sleep.calls >= 1, 'the watch was interrupted and reconnected');
+        assert.equal(resyncs.length, 1);
+        const [resync] = resyncs;
+        assert.equal(resync.reason, 'STORE_CHANGED');
+        assert.equal(typeof resync.storeId, 'string');
+        assert.notEqual(resync.storeId, firstStore);
+        assert.equal(resync.storeId, await storeIdOf(/** @type {RunControlClient} */ (writer)));
+        // The new store's runs only, as they are at the snapshot.
+        assert.deepEqual(
+          resync.runs.map((r) => [r.runId, r.status]),
+          [[fresh.runId, RunStatus.RUNNING]],
+        );
+        // Nothing of the new store was delivered as a continuation of the old one.
+        const events = afterRestart.flatMap((m) => m.events);
+        assert.deepEqual(
+          events.map((e) => [e.type, e.run?.runId, e.prevStatus, e.run?.status]),
+          [[EventType.MODIFIED, fresh.runId, RunStatus.RUNNING, RunStatus.SUCCESS]],
+        );
+        assert.ok(events[0].revision > resync.revision);
+      } finally {
+        client.close();
+        writer?.close();
+        if (first) await first.stop(15_000);
+        if (second) await stopCleanly(second);
+      }
     });
   });
 }
