@@ -270,6 +270,7 @@ def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
         "otel": "1",
         "http_listen": "127.0.0.1:8080",
         "http_cors_origin": "https://page.example",  # repeatable; one here
+        "http_allowed_host": "runs.example",  # repeatable; one here
     }
     assert set(values) == {o.name for o in OPTIONS}
     argv = [a for o in OPTIONS for a in ((o.flag,) if o.switch else (o.flag, values[o.name]))]
@@ -312,6 +313,7 @@ def test_every_setting_has_a_flag_and_an_env_var(tmp_path: Path) -> None:
         otel=True,
         http_listen="127.0.0.1:8080",
         http_cors_origin=("https://page.example",),
+        http_allowed_host=("runs.example",),
     )
 
 

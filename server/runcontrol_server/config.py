@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import ipaddress
 import logging
 import os
 import urllib.parse
@@ -102,6 +103,8 @@ class Settings:
     # browser origins besides its own allowed to call it (CORS; "*": any).
     http_listen: str | None = None
     http_cors_origin: tuple[str, ...] = ()
+    # Host names the HTTP listener answers besides loopback ones (DNS rebinding guard).
+    http_allowed_host: tuple[str, ...] = ()
 
 
 # --- value parsers: each takes the raw string and raises ValueError with a reason.
@@ -230,6 +233,24 @@ def _origin(value: str) -> str:
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def _host_name(value: str) -> str:
+    # A host name or IP literal as a Host header names it, without a port.
+    name = value.strip().lower()
+    if name == "*":
+        return name
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if not bare or any(c in bare for c in "/@?#[] ") or (":" in bare and not _is_ipv6(bare)):
+        raise ValueError("expected a host name or IP address without scheme or port, or *")
+    return bare
+
+
+def _is_ipv6(value: str) -> bool:
+    try:
+        return ipaddress.ip_address(value).version == 6
+    except ValueError:
+        return False
 
 
 STORE_SCHEMES = ("postgresql://", "postgres://")
@@ -519,6 +540,16 @@ OPTIONS: tuple[Option, ...] = (
         "let browser pages from this origin (SCHEME://HOST[:PORT], or * for any) call the "
         "--http-listen address (CORS); repeat the flag for more",
         default_text="none: same origin only",
+        repeat=True,
+    ),
+    Option(
+        "http_allowed_host",
+        _host_name,
+        "NAME",
+        "answer HTTP requests addressed to this host name (a proxy's public name, say; * "
+        "for any); a loopback --http-listen answers loopback names only, a guard against "
+        "DNS rebinding; repeat the flag for more",
+        default_text="loopback names on a loopback address, else any",
         repeat=True,
     ),
 )

@@ -24,6 +24,7 @@ from uvicorn.lifespan.off import LifespanOff
 from ..config import Settings, max_message_bytes_of, split_host_port
 from .endpoints import RunControlApplication, RunControlEndpoints
 from .handlers import InterceptedMethods
+from .hosts import HostCheck, allowed_hosts
 from .web import Cors, WebView
 
 _LEAST_GRACE = 0.001
@@ -57,10 +58,14 @@ class HttpListener:
         endpoints = RunControlEndpoints(methods, max_concurrent_calls=settings.max_concurrent_rpcs)
         rpc = RunControlApplication(endpoints, read_max_bytes=max_message_bytes_of(settings))
         # The web view's files at "/", the calls at "/runcontrol.v1.RunControl/...",
-        # CORS around both for the origins --http-cors-origin names.
+        # CORS around both for the origins --http-cors-origin names, and outermost the
+        # Host check (a loopback listener answers loopback names: no DNS rebinding).
         app: Any = WebView(rpc)
         if settings.http_cors_origin:
             app = Cors(app, settings.http_cors_origin)
+        hosts = allowed_hosts(split_host_port(self._listen)[0], settings.http_allowed_host)
+        if hosts is not None:
+            app = HostCheck(app, hosts)
         self._config = uvicorn.Config(
             app,
             http="h11",

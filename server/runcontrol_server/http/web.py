@@ -78,7 +78,7 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
     return None
 
 
-async def _answer(
+async def answer(
     send: Send, status: int, headers: Iterable[tuple[bytes, bytes]], body: bytes
 ) -> None:
     await send({"type": "http.response.start", "status": status, "headers": list(headers)})
@@ -98,7 +98,7 @@ class WebView:
             await self._app(scope, receive, send)
             return
         if scope["method"] not in ("GET", "HEAD"):
-            await _answer(send, 405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")], b"")
+            await answer(send, 405, [(b"allow", b"GET, HEAD"), (b"content-length", b"0")], b"")
             return
         headers = [
             (b"etag", asset.etag),
@@ -110,13 +110,13 @@ class WebView:
             (b"content-security-policy", _POLICY.encode()),
         ]
         if _header(scope, b"if-none-match") == asset.etag:
-            await _answer(send, 304, headers, b"")
+            await answer(send, 304, headers, b"")
             return
         headers += [
             (b"content-type", asset.content_type.encode()),
             (b"content-length", str(len(asset.body)).encode()),
         ]
-        await _answer(send, 200, headers, b"" if scope["method"] == "HEAD" else asset.body)
+        await answer(send, 200, headers, b"" if scope["method"] == "HEAD" else asset.body)
 
 
 # What Connect and gRPC-Web clients send and read (connectrpc's cors-es), plus the bearer
@@ -182,7 +182,7 @@ class Cors:
     async def _preflight(self, send: Send, origin: bytes | None) -> None:
         if not self._allowed(origin):
             # No CORS headers: the browser refuses the call it asked about.
-            await _answer(send, 403, [(b"content-length", b"0"), (b"vary", b"Origin")], b"")
+            await answer(send, 403, [(b"content-length", b"0"), (b"vary", b"Origin")], b"")
             return
         assert origin is not None
         headers = [
@@ -193,4 +193,4 @@ class Cors:
             (b"vary", b"Origin"),
             (b"content-length", b"0"),
         ]
-        await _answer(send, 204, headers, b"")
+        await answer(send, 204, headers, b"")
