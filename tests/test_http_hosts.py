@@ -13,6 +13,9 @@ from runcontrol import AsyncClient, RunStatus
 from runcontrol_server.config import Settings, parse_settings
 from runcontrol_server.http.hosts import allowed_hosts, host_name
 
+# The HTTP options need a listener to apply to.
+LISTEN = {"RUNCONTROL_HTTP_LISTEN": "127.0.0.1:0"}
+
 
 @pytest.mark.parametrize(
     ("header", "name"),
@@ -77,11 +80,21 @@ async def test_allowed_host_names_are_answered_too() -> None:
 
 def test_the_allowed_host_setting() -> None:
     settings = parse_settings(
-        ["--http-allowed-host", "Runs.Example", "--http-allowed-host", "[::1]"], {}
+        ["--http-allowed-host", "Runs.Example", "--http-allowed-host", "[::1]"], LISTEN
     )
     assert settings.http_allowed_host == ("runs.example", "::1")
-    from_env = parse_settings([], {"RUNCONTROL_HTTP_ALLOWED_HOST": "a.example,::1,*"})
+    from_env = parse_settings([], {**LISTEN, "RUNCONTROL_HTTP_ALLOWED_HOST": "a.example,::1,*"})
     assert from_env.http_allowed_host == ("a.example", "::1", "*")
     for bad in ("runs.example:443", "http://runs.example", "", "a b"):
         with pytest.raises(SystemExit):
-            parse_settings(["--http-allowed-host", bad], {})
+            parse_settings(["--http-allowed-host", bad], LISTEN)
+
+
+@pytest.mark.parametrize("flag", ["--http-allowed-host", "--http-cors-origin"])
+def test_http_options_need_the_http_listener(flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    value = "runs.example" if flag == "--http-allowed-host" else "https://page.example"
+    with pytest.raises(SystemExit) as exited:
+        parse_settings([flag, value], {})
+    assert exited.value.code == 2
+    assert f"{flag} needs --http-listen" in capsys.readouterr().err
+    assert parse_settings([flag, value, "--http-listen", "127.0.0.1:0"], {})

@@ -20,6 +20,9 @@ from runcontrol_server.http.web import load_assets
 
 PAGE = "http://page.example:3000"
 
+# The HTTP options need a listener to apply to.
+LISTEN = {"RUNCONTROL_HTTP_LISTEN": "127.0.0.1:0"}
+
 
 async def test_the_page_and_its_files_are_served_with_their_types() -> None:
     assets = load_assets()
@@ -192,24 +195,24 @@ async def test_cors_any_origin_and_none_by_default() -> None:
 
 def test_cors_origins_parse_from_flags_and_environment() -> None:
     parsed = parse_settings(
-        ["--http-cors-origin", "https://A.example", "--http-cors-origin", "http://b:8080"], {}
+        ["--http-cors-origin", "https://A.example", "--http-cors-origin", "http://b:8080"], LISTEN
     )
     assert parsed.http_cors_origin == ("https://a.example", "http://b:8080")
-    from_env = parse_settings([], {"RUNCONTROL_HTTP_CORS_ORIGIN": "https://a.example, *"})
+    from_env = parse_settings([], {**LISTEN, "RUNCONTROL_HTTP_CORS_ORIGIN": "https://a.example, *"})
     assert from_env.http_cors_origin == ("https://a.example", "*")
-    assert parse_settings([], {}).http_cors_origin == ()
+    assert parse_settings([], LISTEN).http_cors_origin == ()
     # Browsers never send a scheme's default port: the origin is kept without it.
     defaults = parse_settings(
-        ["--http-cors-origin", "https://A.example:443", "--http-cors-origin", "http://x:80"], {}
+        ["--http-cors-origin", "https://A.example:443", "--http-cors-origin", "http://x:80"], LISTEN
     )
     assert defaults.http_cors_origin == ("https://a.example", "http://x")
     others = parse_settings(
-        ["--http-cors-origin", "http://x:443", "--http-cors-origin", "https://[::1]:443"], {}
+        ["--http-cors-origin", "http://x:443", "--http-cors-origin", "https://[::1]:443"], LISTEN
     )
     assert others.http_cors_origin == ("http://x:443", "https://[::1]")
     for bad in ("a.example", "https://a.example/", "ftp://a.example", "https://a.example:x"):
         with pytest.raises(SystemExit):
-            parse_settings(["--http-cors-origin", bad], {})
+            parse_settings(["--http-cors-origin", bad], LISTEN)
 
 
 def _scrape(address: str) -> str:

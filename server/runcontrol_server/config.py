@@ -657,10 +657,28 @@ def parse_settings(
             except ValueError as exc:
                 parser.error(f"environment variable {option.env}: {option.describe(raw)}: {exc}")
     settings = Settings(**values)
-    problem = settings_problem(settings) or message_limit_problem(settings)
+    problem = (
+        settings_problem(settings)
+        or message_limit_problem(settings)
+        or http_options_problem(settings)
+    )
     if problem is not None:
         parser.error(problem)
     return settings
+
+
+def http_options_problem(settings: Settings) -> str | None:
+    """Why the HTTP listener's options are set without a listener, if they are: they
+    would do nothing, which is never what was meant."""
+    if settings.http_listen is not None:
+        return None
+    for name, value in (
+        ("--http-cors-origin", settings.http_cors_origin),
+        ("--http-allowed-host", settings.http_allowed_host),
+    ):
+        if value:
+            return f"{name} needs --http-listen (there is no HTTP listener to apply it to)"
+    return None
 
 
 def min_message_bytes(settings: Settings) -> int:
