@@ -152,6 +152,7 @@ async def test_http_calls_are_counted_and_logged(caplog: pytest.LogCaptureFixtur
     assert created["run_id"] == run_id
     assert created["thread_id"] == "seen"
     assert created["peer"].startswith("ipv4:127.0.0.1:")
+    assert created["protocol"] == "connect"
     assert any(line["method"] == "GetRun" and line["code"] == "NOT_FOUND" for line in lines)
 
 

@@ -67,6 +67,7 @@ def _check_access_lines(lines: list[dict[str, object]], run_id: str) -> None:
         assert line["service"] == "runcontrol.v1.RunControl"
         assert isinstance(line["duration_ms"], float | int) and line["duration_ms"] >= 0
         assert str(line["peer"]).startswith("ipv4:127.0.0.1:")
+        assert line["protocol"] == "grpc"
     created, got, missing, refused, listed = lines
     assert created["run_id"] == run_id and created["thread_id"] == "thread-a"
     assert got["run_id"] == run_id and "thread_id" not in got

@@ -19,6 +19,7 @@ from typing import Any
 import grpc
 
 from .interceptor import Method
+from .protocol import ProtocolOf
 
 ACCESS_LOGGER = "runcontrol_server.access"
 LOG_FORMATS = ("text", "json")
@@ -107,6 +108,7 @@ class AccessLog:
     def __init__(self, trace_id: Callable[[], str | None] | None = None) -> None:
         self._logger = logging.getLogger(ACCESS_LOGGER)
         self._trace_id = trace_id
+        self._protocol_of = ProtocolOf()
 
     def __call__(
         self,
@@ -126,6 +128,7 @@ class AccessLog:
             "code": code.name,
             "duration_ms": round(seconds * 1000, 3),
             "peer": context.peer(),
+            "protocol": self._protocol_of(context),
         }
         run_id = _id(getattr(request, "run_id", None))
         if run_id is None and method.name == "CreateRun":

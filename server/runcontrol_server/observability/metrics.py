@@ -28,6 +28,7 @@ from prometheus_client.process_collector import ProcessCollector
 
 from ..domain.manager import RunManager
 from .interceptor import Method
+from .protocol import ProtocolOf
 from .run_counts import RunCounts
 
 # Unary calls answer in well under a millisecond to tens of milliseconds (PostgreSQL);
@@ -52,11 +53,6 @@ def new_registry() -> CollectorRegistry:
     PlatformCollector(registry=registry)
     GCCollector(registry=registry)
     return registry
-
-
-# The `protocol` label: a call over the gRPC port, or over `--http-listen` as the
-# HTTP servicer context says (its `protocol` attribute: "connect" or "grpc-web").
-GRPC = "grpc"
 
 
 class RpcMetrics:
@@ -87,9 +83,8 @@ class RpcMetrics:
         # (service, method, code, protocol) -> (counter child, histogram child): labels()
         # resolved once. Keyed by strings, whose hashes Python caches: cheaper than the Method.
         self._children: dict[tuple[str, str, grpc.StatusCode, str], tuple[Any, Any]] = {}
-        # context type -> whether it names its protocol (one dict look-up per call
-        # instead of a failed attribute look-up on every gRPC call's context).
-        self._named: dict[type, bool] = {}
+        # The `protocol` label: grpc, connect or grpc-web.
+        self._protocol_of = ProtocolOf()
 
     def __call__(
         self,
@@ -100,11 +95,7 @@ class RpcMetrics:
         context: Any,
         response: Any,
     ) -> None:
-        kind = type(context)
-        named = self._named.get(kind)
-        if named is None:
-            named = self._named[kind] = isinstance(getattr(context, "protocol", None), str)
-        protocol = context.protocol if named else GRPC
+        protocol = self._protocol_of(context)
         key = (method.service, method.name, code, protocol)
         children = self._children.get(key)
         if children is None:
