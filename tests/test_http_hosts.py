@@ -42,6 +42,8 @@ def test_which_names_a_listener_answers() -> None:
     assert allowed_hosts("127.0.0.1", ("*",)) is None  # the check turned off
     assert allowed_hosts("0.0.0.0", ()) is None  # exposed: TLS and tokens guard it
     assert allowed_hosts("0.0.0.0", ("runs.example",)) == {"runs.example"}
+    # An IPv6 literal as the setting keeps it (its colons are not a port).
+    assert allowed_hosts("0.0.0.0", ("::1", "[FE80::1]")) == {"::1", "fe80::1"}
 
 
 async def test_a_rebound_host_name_is_refused_and_changes_nothing() -> None:

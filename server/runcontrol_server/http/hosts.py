@@ -40,7 +40,9 @@ def allowed_hosts(listen_host: str, names: tuple[str, ...]) -> frozenset[str] | 
     """
     if "*" in names:
         return None
-    given = frozenset(host_name(name) for name in names)
+    # Names as `--http-allowed-host` gives them: no port (an IPv6 literal's colons are
+    # not one), brackets optional; only their case and brackets are evened out here.
+    given = frozenset(name.strip().strip("[]").lower() for name in names)
     if is_loopback(listen_host):
         return given | {"localhost", "localhost."}
     return given or None
