@@ -20,6 +20,7 @@ import pytest
 from _reference_encoding import run_to_proto
 from google.protobuf import json_format
 from google.protobuf.struct_pb2 import Struct
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -215,6 +216,26 @@ def test_varint_matches_protobuf(value: int) -> None:
     message = run_pb2.RunRecord(create_revision=value)
     assert message.SerializeToString() == wire.tag(16, 0) + wire.varint(value)
     assert wire.varint(0) == b"\x00"
+
+
+def test_timestamps_sharing_their_second_encode_as_protobuf_does() -> None:
+    """The seconds field is reused while timestamps stay within one second: moving to
+    another second and back, and to the epoch (no seconds field), changes it."""
+    base = datetime(2026, 12, 2, 16, 0, 0, tzinfo=UTC)
+    moments = [
+        base + timedelta(microseconds=1),
+        base + timedelta(microseconds=999_999),
+        base,
+        base + timedelta(seconds=1, microseconds=5),
+        base + timedelta(microseconds=7),
+        datetime(1970, 1, 1, tzinfo=UTC),
+        datetime(1970, 1, 1, 0, 0, 0, 3, tzinfo=UTC),
+        base + timedelta(microseconds=7),
+    ]
+    for moment in moments:
+        expected = Timestamp()
+        expected.FromDatetime(moment)
+        assert wire._timestamp_body(moment) == expected.SerializeToString(), moment
 
 
 # --- the cache ------------------------------------------------------------------------------

@@ -107,11 +107,21 @@ def _string(field_tag: bytes, value: str) -> bytes:
     return _bytes_field(field_tag, value.encode())
 
 
+# The seconds field of the last timestamp encoded: records written within one second
+# share it, so its varint (5 bytes for any date after 1970 + 8 years) is built once.
+_last_seconds: tuple[int, bytes] = (0, b"")
+
+
 def _timestamp_body(value: datetime) -> bytes:
     """A google.protobuf.Timestamp's bytes, as `Timestamp.FromDatetime` sets it."""
+    global _last_seconds
     delta = value - _EPOCH  # records hold aware UTC datetimes only
     seconds = delta.days * 86_400 + delta.seconds
-    body = b"\x08" + varint(seconds) if seconds else b""
+    if seconds == _last_seconds[0]:
+        body = _last_seconds[1]
+    else:
+        body = b"\x08" + varint(seconds) if seconds else b""
+        _last_seconds = (seconds, body)
     if delta.microseconds:
         body += b"\x10" + varint(delta.microseconds * 1000)
     return body
