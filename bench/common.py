@@ -91,6 +91,9 @@ def _subprocess_env() -> dict[str, str]:
     # The repo root on the path so `python -m bench.*` works from any directory.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     env.setdefault("PYTHONUNBUFFERED", "1")
+    # grpc core's INFO lines (e.g. a GOAWAY per connection when a server stops) would
+    # bury the bench's own log; errors still show.
+    env.setdefault("GRPC_VERBOSITY", "ERROR")
     return env
 
 
@@ -188,16 +191,20 @@ def install_info() -> dict[str, Any]:
 
 @contextlib.contextmanager
 def server_process(
-    args: Sequence[str], *, start_timeout: float = 30.0, command: Sequence[str] | None = None
+    args: Sequence[str],
+    *,
+    start_timeout: float = 30.0,
+    command: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[Server]:
-    """Start `python <args>` (or `<command> <args>`), learn its address, stop it (by
-    pid) on exit."""
+    """Start `python <args>` (or `<command> <args>`), with `env` added to the bench's
+    environment, learn its address, stop it (by pid) on exit."""
     proc = subprocess.Popen(
         [*(command if command is not None else [sys.executable]), *args],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         text=True,
-        env=_subprocess_env(),
+        env={**_subprocess_env(), **(env or {})},
         cwd=REPO_ROOT,
     )
     try:

@@ -238,6 +238,25 @@ def _scale_metrics(scale: dict[str, Any]) -> list[Metric]:
             chart=(ratio, None),
         )
     )
+    experimental = idle.get("subject_ph2_server")
+    if experimental is not None:
+        trial = experimental["growth_mb"]
+        out.append(
+            _metric(
+                "scale_rss_ph2",
+                f"RSS growth, {n:,} idle streams, GRPC_EXPERIMENTS="
+                f"{experimental['grpc_experiments']} / bare echo's",
+                "scale",
+                subject=trial,
+                baseline=bare_growth,
+                unit="MB",
+                value=_ratio(trial, bare_growth),
+                note=f"{trial:.0f} MB, {experimental['kib_per_stream']:.1f} KiB per stream: "
+                "grpc's experimental HTTP/2 server transport, not a default (it resets "
+                "in-flight calls instead of honouring a graceful stop: BENCHMARKS.md)",
+                chart=(_ratio(trial, bare_growth), None),
+            )
+        )
     cost = _ratio(ours["cpu_per_change_idle_us"], ours["cpu_per_change_none_us"])
     out.append(
         _metric(

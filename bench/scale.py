@@ -48,6 +48,9 @@ from .common import (
 )
 
 SERVICES = ("echo", "subject")
+# The idle phase once more on runcontrol with grpc's experimental HTTP/2 server transport.
+EXPERIMENT = "ph2_server"
+EXPERIMENTAL = "subject_ph2_server"
 SHARED_THREADS = 50
 RUNNING = int(run_pb2.RUN_STATUS_RUNNING)
 
@@ -368,6 +371,16 @@ def scale_section(plan: Any) -> dict[str, Any]:
         for watchers in plan.scale_ks:
             log(f"scale: fan-out K={watchers:,} of {n:,} open streams")
             fanout[str(watchers)] = _k_phase(plan, load, holders, servers, watchers)
+        # The only setting found that changes grpc's own per-stream memory: its
+        # experimental HTTP/2 server transport (not a default; see BENCHMARKS.md).
+        log(f"scale: {n:,} idle streams on a fresh server, GRPC_EXPERIMENTS={EXPERIMENT}")
+        experimental = stack.enter_context(
+            server_process(
+                subject_args, command=server_command(), env={"GRPC_EXPERIMENTS": EXPERIMENT}
+            )
+        )
+        idle[EXPERIMENTAL] = _idle_phase(plan, load, holders, experimental, "subject")
+        idle[EXPERIMENTAL]["grpc_experiments"] = EXPERIMENT
     return {
         "streams": n,
         "holders": plan.scale_holders,
