@@ -678,16 +678,20 @@ def _postgres_metrics(pg: dict[str, Any]) -> list[Metric]:
 # Why a goal is missed, from the profiles (BENCHMARKS.md says how each was measured);
 # shown in the note of a missed goal.
 MISSED_BECAUSE = {
-    "qps_create_c64": "profile: the handler's own Python, ~280k instructions per call "
-    "in-process (validation, manager, store, record encoding; the parsing echo shows the "
-    "request parse is not it) over grpc.aio's own per call (BENCHMARKS.md, round 3)",
+    "qps_create_c64": "profile: the handler's own Python, ~227k instructions per call "
+    "in-process for this request (validation, manager, store, record encoding; the parsing "
+    "echo shows the request parse is not it) over grpc.aio's own per call (BENCHMARKS.md, "
+    "round 3)",
     "p50_create_c1": "profile: as CreateRun c64 (BENCHMARKS.md, round 3)",
-    "qps_get_c64": "profile: the handler path ~39k instructions per call in-process "
-    "(parse, wrapper, payload-format header, cached record) over grpc.aio's own; "
+    "qps_get_c64": "profile: the handler path ~26k instructions per call in-process, "
+    "the loop that calls it included (parse, wrapper, payload-format header, cached "
+    "record) over grpc.aio's own; "
     "within this machine's run-to-run noise of the goal (BENCHMARKS.md, round 3)",
     "p50_get_c1": "profile: as GetRun c64 (BENCHMARKS.md, round 3)",
-    "scale_rss": "grpc.aio's own per-stream memory: see the bare echo's growth "
-    "(BENCHMARKS.md, round 3)",
+    "scale_rss": "grpc.aio's own per-stream memory: see the bare echo's growth, and the "
+    "experimental transport's row (BENCHMARKS.md, round 3)",
+    "scale_reach_p99": "the watcher processes share the 2 cores with the server: the bare "
+    "fan-out's p99 in the same run is the floor (BENCHMARKS.md, round 3)",
     "flatness_mix": "all four operations move together between two measurements taken "
     "at different times (BENCHMARKS.md, round 2)",
     "pg_create": "CPU-bound on 2 cores (BENCHMARKS.md, PostgreSQL: what limits throughput)",

@@ -343,7 +343,18 @@ def main(argv: list[str] | None = None) -> int:
         help="PostgreSQL section with fsync and synchronous commit on (default: the tests' "
         "LocalPostgres settings, fsync off; both sides always share the cluster's settings)",
     )
+    parser.add_argument(
+        "--from",
+        dest="from_json",
+        type=Path,
+        metavar="LATEST_JSON",
+        help="measure nothing: write the report (table, chart, BENCHMARKS.md) again from "
+        "the raw numbers of a saved run, e.g. after a note changed",
+    )
     args = parser.parse_args(argv)
+    if args.from_json is not None:
+        _report(json.loads(args.from_json.read_text())["raw"], args)
+        return 0
     plan = QUICK if args.quick else FULL
     if args.pg_durable:
         plan = replace(plan, pg_durable=True)
@@ -391,6 +402,13 @@ def main(argv: list[str] | None = None) -> int:
         if "unavailable" in raw["postgres"]:
             log(f"postgres: unavailable: {raw['postgres']['unavailable']}")
     raw["elapsed_seconds"] = time.perf_counter() - started
+    metrics = _report(raw, args)
+    missed = [m for m in metrics if m["passed"] is False]
+    return 1 if args.strict and missed else 0
+
+
+def _report(raw: dict[str, Any], args: argparse.Namespace) -> list[report.Metric]:
+    """Print the table and write latest.json, the charts and BENCHMARKS.md."""
     metrics = report.build_metrics(raw)
     print(report.table(metrics))
     args.out.mkdir(parents=True, exist_ok=True)
@@ -400,7 +418,8 @@ def main(argv: list[str] | None = None) -> int:
     json_path = args.out / "latest.json"
     json_path.write_text(json.dumps({"metrics": metrics, "raw": raw}, indent=2) + "\n")
     chart_path = args.out / "ratios.png"
-    chart_written = report.chart(metrics, chart_path, title=f"runcontrol bench ({plan.mode})")
+    title = f"runcontrol bench ({raw['plan']['mode']})"
+    chart_written = report.chart(metrics, chart_path, title=title)
     if not args.no_markdown:
         report.write_markdown(args.markdown, raw, metrics, chart_path if chart_written else None)
     if not chart_written:
@@ -408,5 +427,4 @@ def main(argv: list[str] | None = None) -> int:
     written = [json_path, *([chart_path] if chart_written else [])]
     written += [] if args.no_markdown else [args.markdown]
     log(f"done in {raw['elapsed_seconds']:.0f}s: {', '.join(map(str, written))}")
-    missed = [m for m in metrics if m["passed"] is False]
-    return 1 if args.strict and missed else 0
+    return metrics
