@@ -182,6 +182,27 @@ async def test_watch_streams_per_server() -> None:
             call.cancel()
 
 
+async def test_a_stream_refused_by_the_server_wide_bound_gives_its_peer_slot_back() -> None:
+    # The peer's slot is taken before the server's: a refusal by the second must
+    # release the first, or the peer would lose a slot for every refused stream.
+    settings = Settings(max_watchers=2, max_watchers_per_peer=3)
+    async with serve_in_process(settings=settings) as server:
+        hub = server.manager.watch_hub
+        held = [await open_watch(server.stub) for _ in range(2)]
+        for _ in range(3):
+            error = await first_message_error(server.stub.WatchRuns(pb.WatchRunsRequest()))
+            assert isinstance(error, LimitExceeded)
+            assert error.metadata == {"limit": "max_watchers"}
+        held[0].cancel()
+        await until(lambda: hub.count == 1, "the cancelled stream left")
+        held[0] = await open_watch(server.stub)
+        # Two streams of this peer are open: the server's bound refuses, not the peer's.
+        error = await first_message_error(server.stub.WatchRuns(pb.WatchRunsRequest()))
+        assert isinstance(error, LimitExceeded) and error.metadata == {"limit": "max_watchers"}
+        for call in held:
+            call.cancel()
+
+
 async def _held_waits(server: InProcessServer, run_id: str, count: int) -> list[Any]:
     """`count` attached WaitRun calls on `run_id`, each waiting once this returns."""
     waiters = server.manager.waiters

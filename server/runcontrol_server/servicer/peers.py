@@ -42,10 +42,10 @@ class PeerSlots:
     def open_calls(self, peer: str) -> int:
         return self._open.get(peer_host(peer), 0)
 
-    @contextmanager
-    def held(self, peer: str) -> Iterator[None]:
-        """A slot for one call of `peer` (a `context.peer()` string) while the block
-        runs. Raises LimitExceeded when the peer's calls already fill its slots."""
+    def take(self, peer: str) -> str:
+        """Take a slot for one call of `peer` (a `context.peer()` string); returns the
+        host to `give_back` when the call ends. Raises LimitExceeded when the peer's
+        calls already fill its slots."""
         host = peer_host(peer)
         count = self._open.get(host, 0)
         if count >= self.max_per_peer:
@@ -53,11 +53,21 @@ class PeerSlots:
                 self.limit, f"at most {self.max_per_peer} {self._what} per client host"
             )
         self._open[host] = count + 1
+        return host
+
+    def give_back(self, host: str) -> None:
+        """Release a slot `take` returned `host` for."""
+        remaining = self._open[host] - 1
+        if remaining:
+            self._open[host] = remaining
+        else:
+            del self._open[host]
+
+    @contextmanager
+    def held(self, peer: str) -> Iterator[None]:
+        """A slot for one call of `peer` while the block runs (`take`, `give_back`)."""
+        host = self.take(peer)
         try:
             yield
         finally:
-            remaining = self._open[host] - 1
-            if remaining:
-                self._open[host] = remaining
-            else:
-                del self._open[host]
+            self.give_back(host)

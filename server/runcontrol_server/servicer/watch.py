@@ -16,7 +16,6 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator
-from contextlib import ExitStack
 from typing import Any
 
 import grpc
@@ -220,7 +219,12 @@ async def watch_runs(
         # with the one it saw, to tell a server that lost its state from a resumable one.
         await context.send_initial_metadata(((STORE_ID_HEADER, manager.store_id),))
     failure: Exception | None
-    with ExitStack() as held:
+    # Released by hand, not by an ExitStack: an open stream holds what its handler
+    # holds, and an ExitStack with its callbacks and a generator-based slot cost ~1.3
+    # KiB per stream (tracemalloc; 13 MB for 10,000 streams).
+    host: str | None = None
+    watcher: Watcher | None = None
+    try:
         try:
             validation.validate_watch_runs(request, limits)
             watch_filter = watch_filter_of(request)
@@ -231,30 +235,33 @@ async def watch_runs(
             )
             # The peer's slot, then the server's (the registration): both limits are
             # checked before any work is done for the stream.
-            held.enter_context(slots.held(context.peer()))
-            watcher = held.enter_context(
-                await manager.watch(watch_filter, progress_interval=interval or None)
-            )
+            host = slots.take(context.peer())
+            watcher = await manager.watch(watch_filter, progress_interval=interval or None)
         except Exception as error:
             failure = error
         else:
             failure = await _start(request, context, manager, encoder, watcher)
-        if failure is None:
-            # The hot loop, per change: the batch shared by every watcher of this filter,
-            # its once-encoded message, the write. Only the write is outside the `try`:
-            # its failures, like cancellation, propagate unmapped.
-            encode = encoder.encode_batch
-            next_batch = watcher.__anext__
-            write = context.write
-            while True:
-                try:
-                    message = encode(await next_batch())
-                except StopAsyncIteration:
-                    break
-                except Exception as error:
-                    failure = error
-                    break
-                await write(message)
+            if failure is None:
+                # The hot loop, per change: the batch shared by every watcher of this
+                # filter, its once-encoded message, the write. Only the write is outside
+                # the `try`: its failures, like cancellation, propagate unmapped.
+                encode = encoder.encode_batch
+                next_batch = watcher.__anext__
+                write = context.write
+                while True:
+                    try:
+                        message = encode(await next_batch())
+                    except StopAsyncIteration:
+                        break
+                    except Exception as error:
+                        failure = error
+                        break
+                    await write(message)
+    finally:
+        if watcher is not None:
+            watcher.close()
+        if host is not None:
+            slots.give_back(host)
     # Raised once the watcher is unregistered; the handler's wrapper answers it from the
     # error table (see `wire.add_to_server`).
     if failure is not None:
