@@ -189,11 +189,18 @@ class EventEncoder:
         return data
 
 
+# `frozenset(iterable)` builds a new empty set (216 B) each time; most filters leave
+# both sets empty, and an open stream keeps its filter.
+_NONE: frozenset[Any] = frozenset()
+
+
 def watch_filter_of(request: pb.WatchRunsRequest) -> WatchFilter:
     return WatchFilter(
         thread_id=request.thread_id or None,
-        run_ids=frozenset(request.run_ids),
-        statuses=frozenset(STATUS_FROM_PROTO[s] for s in request.statuses),
+        run_ids=frozenset(request.run_ids) if request.run_ids else _NONE,
+        statuses=(
+            frozenset(STATUS_FROM_PROTO[s] for s in request.statuses) if request.statuses else _NONE
+        ),
     )
 
 
