@@ -106,6 +106,31 @@ async def test_opening_without_a_database_is_store_unavailable() -> None:
         await store.close()
 
 
+async def test_a_task_cancelled_inside_a_pipeline_ends_cancelled(pg_url: str) -> None:
+    """Cancelled while its pipeline waits for a result (a stopping feed reader, a
+    client gone mid-write), the task ends cancelled, not with a StoreUnavailable a
+    stopping loop would take for an outage and retry, and the pool lends a working
+    connection after (psycopg cancels the query on the server)."""
+    store = PostgresRunStore(pg_url)
+    await store.open()
+    try:
+        sent = asyncio.Event()
+
+        async def slow_read() -> None:
+            async with store._connection() as conn, conn.pipeline():
+                await conn.execute("SELECT pg_sleep(5)")
+                sent.set()  # from here the pipeline's exit waits for the result
+
+        task = asyncio.create_task(slow_read())
+        await sent.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert await store.revision() == 0  # the pool lends a working connection after
+    finally:
+        await store.close()
+
+
 async def test_the_change_feed_is_trimmed_by_age_too(pg_url: str) -> None:
     store = PostgresRunStore(pg_url, history_limit=1000, history_max_age=timedelta(0))
     await store.open()

@@ -244,6 +244,13 @@ _LOCK_THREAD_OF_RUN = (
     b" (SELECT thread_id FROM rc_runs WHERE run_id = %s) FOR UPDATE"
 )
 _LOCK_RUN = f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE run_id = %s FOR UPDATE".encode()
+# The compaction mark on every row, and once alone (change columns NULL) when no change
+# is in range; rows in feed order.
+_READ_CHANGES = (
+    "SELECT k.revision, c.revision, c.kind, c.prev_status, c.record"
+    " FROM rc_compaction k LEFT JOIN rc_changes c ON c.revision > %s AND c.revision <= %s"
+    " ORDER BY c.revision, c.idx"
+)
 # The thread's active runs, oldest first, locked (a create decides on them).
 _LOCK_ACTIVE = (
     f"SELECT {RUN_COLUMNS} FROM rc_runs WHERE thread_id = %s"
@@ -487,30 +494,26 @@ class PostgresRunStore:
         return None  # shared by replicas: each process follows the feed
 
     async def read_changes(self, after: int, limit: int) -> Sequence[ChangeSet]:
-        async with self._connection() as conn, conn.pipeline():
-            rows_cursor = await conn.execute(
-                b"SELECT revision, kind, prev_status, record FROM rc_changes"
-                b" WHERE revision > %s AND revision <= %s ORDER BY revision, idx",
-                (after, after + limit),
-            )
-            # Read second: compaction only moves forward, so if `after` is still kept
-            # now, nothing after it had been deleted when the rows were read.
-            compact_cursor = await conn.execute(b"SELECT revision FROM rc_compaction")
-            rows = await rows_cursor.fetchall()
-            compact_row = await compact_cursor.fetchone()
-        assert compact_row is not None
-        compacted = int(compact_row[0])
+        # One statement, so the compaction mark and the rows come from one snapshot
+        # (compaction moves the mark and deletes in one transaction): if `after` is
+        # still kept in it, no row after `after` is missing. No pipeline: a batch can
+        # be large, and large results are where psycopg's pipeline mode has hung
+        # (psycopg#685, #604); a single statement is one round trip anyway.
+        rows = await self._fetch(_READ_CHANGES, (after, after + limit))
+        compacted = int(rows[0][0])
         if after < compacted:
             raise RevisionCompacted(after + 1, compacted)
         change_sets: list[ChangeSet] = []
+        if rows[0][1] is None:  # the compaction row alone: nothing after `after`
+            return change_sets
         current: list[Any] = []
         revision = 0
-        for row in rows:
-            if row[0] != revision:
+        for _, row_revision, kind, prev_status, record in rows:
+            if row_revision != revision:
                 if current:
                     change_sets.append(ChangeSet(revision, tuple(current)))
-                revision, current = int(row[0]), []
-            current.append(change_from_row(row[1], row[2], row[3]))
+                revision, current = int(row_revision), []
+            current.append(change_from_row(kind, prev_status, record))
         if current:
             change_sets.append(ChangeSet(revision, tuple(current)))
         return change_sets
