@@ -1235,6 +1235,10 @@ def run_model(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
             print("\n" + "\n".join(lines))
 
 
+# Longer than the suite's per-test bound: on a slow runner the short profile's programs
+# take tens of seconds, and a divergence must have time to shrink to a short program
+# (cut off mid-shrink, Hypothesis can only report a Flaky error, not the program).
+@pytest.mark.timeout(300)
 @pytest.mark.parametrize("env", ["memory", "postgres"], indirect=True)
 def test_the_manager_agrees_with_the_model(env: Env, capsys: pytest.CaptureFixture[str]) -> None:
     run_model(env, capsys)
