@@ -497,8 +497,9 @@ class PostgresRunStore:
         # One statement, so the compaction mark and the rows come from one snapshot
         # (compaction moves the mark and deletes in one transaction): if `after` is
         # still kept in it, no row after `after` is missing. No pipeline: a batch can
-        # be large, and large results are where psycopg's pipeline mode has hung
-        # (psycopg#685, #604); a single statement is one round trip anyway.
+        # be large, large results are where psycopg's pipeline mode has hung
+        # (psycopg#685), and a CI run once stalled 60 s in this read's pipeline exit;
+        # a single statement is one round trip anyway.
         rows = await self._fetch(_READ_CHANGES, (after, after + limit))
         compacted = int(rows[0][0])
         if after < compacted:
