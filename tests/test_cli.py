@@ -198,6 +198,8 @@ async def test_help_of_every_command_has_examples() -> None:
         pytest.param(["get"], id="missing-run-id"),
         pytest.param(["create", "t", "--metadata", "{not json"], id="bad-json"),
         pytest.param(["create", "t", "--kwargs", "[1, 2]"], id="json-not-object"),
+        pytest.param(["create", "t", "--metadata", '{"x": NaN}'], id="json-nan"),
+        pytest.param(["create", "t", "--metadata", '{"x": "\\ud800"}'], id="json-surrogate"),
         pytest.param(["create", "t", "--strategy", "sometimes"], id="bad-strategy"),
         pytest.param(["status", "r", "flying"], id="bad-status"),
         pytest.param(["list", "--limit", "-1"], id="negative-limit"),
@@ -209,6 +211,7 @@ async def test_usage_errors_exit_2(args: list[str]) -> None:
     result = await runctl(*args, "--addr", f"127.0.0.1:{_free_port()}")
     assert result.rc == 2, result
     assert "usage: runctl" in result.err
+    assert "Traceback" not in result.err
     assert result.out == ""
 
 

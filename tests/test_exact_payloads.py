@@ -131,6 +131,9 @@ async def test_sync_client_round_trips_payloads_exactly(server: InProcessServer)
         ({"x": float("inf")}, ValueError),
         ({"x": {1, 2}}, TypeError),
         ([1, 2], TypeError),
+        # A lone surrogate: JSON text, but not UTF-8 (the wire's strings are UTF-8).
+        ({"x": "a\ud800b"}, ValueError),
+        ({"a\udfff": 1}, ValueError),
     ],
 )
 async def test_python_client_refuses_what_json_cannot_hold_before_sending(

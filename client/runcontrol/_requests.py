@@ -130,19 +130,27 @@ def create_request(
 def payload_json(name: str, value: dict[str, Any]) -> str:
     """A payload as compact JSON text (exact integers, unlike a Struct's doubles).
 
-    Raises TypeError / ValueError (NaN, Infinity, values JSON cannot hold) naming the
-    payload, before anything is sent.
+    Raises TypeError / ValueError (NaN, Infinity, unpaired surrogates, values JSON cannot
+    hold) naming the payload, before anything is sent.
     """
     if not isinstance(value, dict):
         raise TypeError(f"{name} must be a dict (a JSON object), not {type(value).__name__}")
     try:
-        return json.dumps(
+        text = json.dumps(
             value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
         )
     except ValueError as exc:
         raise ValueError(f"{name} is not valid JSON: {exc}") from None
     except TypeError as exc:
         raise TypeError(f"{name} is not valid JSON: {exc}") from None
+    if not text.isascii():
+        try:  # json writes a lone surrogate; the wire's UTF-8 cannot carry it
+            text.encode()
+        except UnicodeEncodeError as exc:
+            held = text[max(exc.start - 20, 0) : exc.end + 20]
+            message = f"{name} holds an unpaired UTF-16 surrogate (not UTF-8): {held!r}"
+            raise ValueError(message) from None
+    return text
 
 
 def creation_of(response: pb.CreateRunResponse) -> Creation:

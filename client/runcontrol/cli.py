@@ -42,6 +42,7 @@ from ._cli_commands import EXIT_USAGE as EXIT_USAGE
 from ._cli_commands import EXIT_WAIT_TIMEOUT as EXIT_WAIT_TIMEOUT
 from ._cli_commands import Context, Failure, note
 from ._models import CancelAction, DisconnectMode, MultitaskStrategy, RunStatus
+from ._requests import payload_json
 from .errors import RunControlError, RunNotFound
 
 PROG = "runctl"
@@ -106,6 +107,10 @@ def _json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"not valid JSON ({error.msg}): {text!r}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object: {text!r}")
+    try:  # what the client would refuse before sending (NaN, unpaired surrogates)
+        payload_json("the object", value)
+    except (TypeError, ValueError) as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
     return value
 
 
