@@ -201,6 +201,9 @@ async def test_help_of_every_command_has_examples() -> None:
         pytest.param(["create", "t", "--metadata", '{"x": NaN}'], id="json-nan"),
         pytest.param(["create", "t", "--metadata", '{"x": "\\ud800"}'], id="json-surrogate"),
         pytest.param(["create", "t", "--strategy", "sometimes"], id="bad-strategy"),
+        # A byte that is not UTF-8 (\xff): Python's argv holds it as a lone surrogate.
+        pytest.param(["create", "\udcff"], id="thread-not-utf8"),
+        pytest.param(["list", "--thread", "a\udcffb"], id="filter-not-utf8"),
         pytest.param(["status", "r", "flying"], id="bad-status"),
         pytest.param(["list", "--limit", "-1"], id="negative-limit"),
         pytest.param(["--timeout", "soon", "health"], id="bad-timeout"),

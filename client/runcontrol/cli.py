@@ -588,10 +588,22 @@ def _exit_code(error: RunControlError) -> int:
     return EXIT_NOT_FOUND if isinstance(error, RunNotFound) else EXIT_ERROR
 
 
+def _check_utf8(parser: argparse.ArgumentParser, arg: str) -> None:
+    """Bytes that are not UTF-8 reach Python as lone surrogates (surrogateescape),
+    which no gRPC string field can carry: a usage error, not a traceback."""
+    try:
+        arg.encode()
+    except UnicodeEncodeError:
+        shown = arg.encode(errors="surrogateescape").decode(errors="backslashreplace")
+        parser.error(f"argument is not valid UTF-8: '{shown}'")
+
+
 def main(argv: list[str] | None = None, *, now: Callable[[], datetime] | None = None) -> int:
     """Run `runctl` with `argv` (default: the process arguments); returns the exit code."""
     parser = build_parser()
     try:
+        for arg in sys.argv[1:] if argv is None else argv:
+            _check_utf8(parser, arg)
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a usage error (2)
         return exit_.code if isinstance(exit_.code, int) else EXIT_USAGE
