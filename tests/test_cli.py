@@ -207,6 +207,8 @@ async def test_help_of_every_command_has_examples() -> None:
         pytest.param(["status", "r", "flying"], id="bad-status"),
         pytest.param(["list", "--limit", "-1"], id="negative-limit"),
         pytest.param(["--timeout", "soon", "health"], id="bad-timeout"),
+        pytest.param(["create", "t", "--run-timeout", "1e20"], id="run-timeout-beyond-duration"),
+        pytest.param(["wait", "r", "--timeout", "1e12"], id="wait-beyond-duration"),
         pytest.param(["-o", "yaml", "health"], id="bad-output"),
     ],
 )

@@ -246,3 +246,37 @@ def test_client_needs_exactly_one_of_target_or_channel() -> None:
         AsyncClient()
     with pytest.raises(ValueError, match="exactly one"):
         Client()
+
+
+async def test_a_deadline_beyond_what_grpc_holds_means_no_deadline(
+    server: InProcessServer,
+) -> None:
+    # grpc's nanosecond deadline overflows past ~7e9 s from now and the call would fail
+    # at once with DEADLINE_EXCEEDED; the client hands grpc at most MAX_DEADLINE.
+    async with AsyncClient(server.address, timeout=1e12) as client:
+        handle = await client.create_run("far")
+        assert (await client.fetch_run(handle.run_id, timeout=1e300)).run_id == handle.run_id
+    with runcontrol.Client(server.address, timeout=1e12) as blocking:
+        fetched = await asyncio.to_thread(blocking.fetch_run, handle.run_id)
+        assert fetched.run_id == handle.run_id
+
+
+@pytest.mark.parametrize(
+    ("call", "name"),
+    [
+        (lambda c: c.create_run("t", run_timeout=1e20), "run_timeout"),
+        (lambda c: c.create_run("t", run_timeout=float("nan")), "run_timeout"),
+        (
+            lambda c: c.set_status("r", RunStatus.RUNNING, worker_id="w", lease_ttl=float("inf")),
+            "lease_ttl",
+        ),
+        (lambda c: c.wait_run("r", timeout=float("nan")), "timeout"),
+    ],
+)
+async def test_durations_a_protobuf_duration_cannot_hold_are_refused_before_sending(
+    call: Any, name: str
+) -> None:
+    # No server at that address: the error must come before any network call.
+    async with AsyncClient("127.0.0.1:1", timeout=0.5, retry=False) as client:
+        with pytest.raises(ValueError, match=name):
+            await call(client)

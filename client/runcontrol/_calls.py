@@ -162,7 +162,7 @@ def watch_request(
         start_revision=start_revision,
         send_initial=send_initial,
     )
-    interval = rq.duration(progress_interval)
+    interval = rq.duration("progress_interval", progress_interval)
     if interval is not None:
         request.progress_interval.CopyFrom(interval)
     return request

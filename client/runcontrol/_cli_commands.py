@@ -25,7 +25,7 @@ from . import _auth
 from . import _cli_format as fmt
 from ._client import AsyncClient, Client
 from ._models import CancelAction, DisconnectMode, MultitaskStrategy, Run, RunStatus
-from ._requests import CALL_METADATA, channel_options
+from ._requests import CALL_METADATA, channel_options, deadline
 from ._watch import Bookmark, Resynced, WatchEvent, WatchItem, resuming_watch
 from .errors import RunNotFound, translated_errors
 from .v1 import run_control_pb2 as pb
@@ -226,7 +226,7 @@ def check_health(ctx: Context) -> int:
     a = ctx.args
     with ctx.security.channel(a.addr, ()) as channel, translated_errors():
         response = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service=a.service), timeout=ctx.call_timeout
+            health_pb2.HealthCheckRequest(service=a.service), timeout=deadline(ctx.call_timeout)
         )
     status = str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
     if ctx.output == "json":
@@ -347,7 +347,9 @@ class _Streams:
 
     async def current_revision(self) -> int:
         response = await self._stub.ListRuns(
-            pb.ListRunsRequest(page_size=1), timeout=self._call_timeout, metadata=CALL_METADATA
+            pb.ListRunsRequest(page_size=1),
+            timeout=deadline(self._call_timeout),
+            metadata=CALL_METADATA,
         )
         revision: int = response.revision
         return revision

@@ -131,7 +131,7 @@ class AsyncClient(_ClientBase):
     async def _send(self, call: calls.Call[T]) -> T:
         with translated_errors():
             response = await getattr(self._stub, call.rpc)(
-                call.request, timeout=call.timeout, metadata=rq.CALL_METADATA
+                call.request, timeout=rq.deadline(call.timeout), metadata=rq.CALL_METADATA
             )
         return call.decode(response)
 
@@ -318,7 +318,9 @@ class AsyncClient(_ClientBase):
 
         async def current_revision() -> int:
             response = await self._stub.ListRuns(
-                calls.CURRENT_REVISION_REQUEST, timeout=self._timeout, metadata=rq.CALL_METADATA
+                calls.CURRENT_REVISION_REQUEST,
+                timeout=rq.deadline(self._timeout),
+                metadata=rq.CALL_METADATA,
             )
             return int(response.revision)
 
@@ -385,7 +387,7 @@ class Client(_ClientBase):
     def _send(self, call: calls.Call[T]) -> T:
         with translated_errors():
             response = getattr(self._stub, call.rpc)(
-                call.request, timeout=call.timeout, metadata=rq.CALL_METADATA
+                call.request, timeout=rq.deadline(call.timeout), metadata=rq.CALL_METADATA
             )
         return call.decode(response)
 
@@ -558,7 +560,9 @@ class Client(_ClientBase):
 
         async def current_revision() -> int:
             response = self._stub.ListRuns(
-                calls.CURRENT_REVISION_REQUEST, timeout=self._timeout, metadata=rq.CALL_METADATA
+                calls.CURRENT_REVISION_REQUEST,
+                timeout=rq.deadline(self._timeout),
+                metadata=rq.CALL_METADATA,
             )
             return int(response.revision)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -75,9 +76,32 @@ def channel_options(retry: bool, extra: Iterable[tuple[str, Any]] = ()) -> list[
     return options
 
 
-def duration(value: float | timedelta | None) -> duration_pb2.Duration | None:
+#: The longest deadline handed to grpc: beyond ~7e9 s from now grpc's nanosecond
+#: deadline overflows and the call fails at once with DEADLINE_EXCEEDED. 1e9 s (~31
+#: years) is "no deadline" for any caller.
+MAX_DEADLINE = 1e9
+
+
+def deadline(timeout: float | None) -> float | None:
+    """A call's `timeout=` as grpc can take it (clamped to MAX_DEADLINE)."""
+    return timeout if timeout is None or timeout <= MAX_DEADLINE else MAX_DEADLINE
+
+
+#: google.protobuf.Duration's range: +-10,000 years.
+MAX_DURATION_SECONDS = 315_576_000_000
+
+
+def duration(name: str, value: float | timedelta | None) -> duration_pb2.Duration | None:
+    """`value` (seconds or a timedelta) as a Duration; ValueError naming `name` when it
+    is not finite or beyond a Duration's range, before anything is sent."""
     if value is None:
         return None
+    seconds = value.total_seconds() if isinstance(value, timedelta) else value
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION_SECONDS:
+        raise ValueError(
+            f"{name} must be a finite number of seconds, at most {MAX_DURATION_SECONDS}"
+            f" (10,000 years) either way, not {value!r}"
+        )
     result = duration_pb2.Duration()
     result.FromTimedelta(value if isinstance(value, timedelta) else timedelta(seconds=value))
     return result
@@ -121,7 +145,7 @@ def create_request(
         request.kwargs_json = payload_json("kwargs", kwargs)
     if max_attempts is not None:
         request.max_attempts = max_attempts
-    timeout = duration(run_timeout)
+    timeout = duration("run_timeout", run_timeout)
     if timeout is not None:
         request.timeout.CopyFrom(timeout)
     return request
@@ -171,7 +195,7 @@ def set_status_request(
     lease_ttl: float | timedelta | None = None,
 ) -> pb.SetRunStatusRequest:
     request = pb.SetRunStatusRequest(run_id=run_id, status=status.value)
-    lease = duration(lease_ttl)
+    lease = duration("lease_ttl", lease_ttl)
     if lease is not None:
         request.lease_ttl.CopyFrom(lease)
     if error is not None:
@@ -207,7 +231,7 @@ def list_request(
 
 def wait_request(run_id: str, timeout: float | timedelta | None, attach: bool) -> pb.WaitRunRequest:
     request = pb.WaitRunRequest(run_id=run_id, attach=attach)
-    wait_for = duration(timeout)
+    wait_for = duration("timeout", timeout)
     if wait_for is not None:
         request.timeout.CopyFrom(wait_for)
     return request

@@ -42,7 +42,7 @@ from ._cli_commands import EXIT_USAGE as EXIT_USAGE
 from ._cli_commands import EXIT_WAIT_TIMEOUT as EXIT_WAIT_TIMEOUT
 from ._cli_commands import Context, Failure, note
 from ._models import CancelAction, DisconnectMode, MultitaskStrategy, RunStatus
-from ._requests import payload_json
+from ._requests import MAX_DURATION_SECONDS, payload_json
 from .errors import RunControlError, RunNotFound
 
 PROG = "runctl"
@@ -121,6 +121,10 @@ def _seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite number >= 0: {text!r}")
+    if value > MAX_DURATION_SECONDS:  # what a protobuf Duration holds
+        raise argparse.ArgumentTypeError(
+            f"must be at most {MAX_DURATION_SECONDS} (10,000 years): {text!r}"
+        )
     return value
 
 
