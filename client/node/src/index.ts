@@ -283,11 +283,17 @@ function abortReason(signal: AbortSignal): unknown {
   return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
 }
 
-/** A deadline option in ms -> Connect's timeoutMs (undefined: none). */
+/**
+ * The longest timer Node keeps: a longer setTimeout fires after 1 ms instead, which
+ * would fail a call with a long deadline at once (DEADLINE_EXCEEDED). ~24.8 days.
+ */
+export const MAX_DEADLINE_MS = 2 ** 31 - 1;
+
+/** A deadline option in ms -> Connect's timeoutMs (undefined: none), at most MAX_DEADLINE_MS. */
 function timeoutOf(ms: number | null | undefined): number | undefined {
   if (ms === undefined || ms === null || ms === Infinity) return undefined;
   if (typeof ms !== 'number' || !(ms > 0)) throw new TypeError(`deadlineMs must be a positive number, got ${ms}`);
-  return ms;
+  return Math.min(ms, MAX_DEADLINE_MS);
 }
 
 /** Adds `runcontrol-payload-format: json` to every call that does not set the header itself. */
@@ -370,7 +376,7 @@ export class RunControlClient {
       timer = setTimeout(() => {
         probe.abort();
         reject(new RunControlError({ code: Code.DeadlineExceeded, details: `not ready within ${deadlineMs} ms` }));
-      }, deadlineMs);
+      }, Math.min(deadlineMs, MAX_DEADLINE_MS));
     });
     try {
       await Promise.race([this.connectOnce(probe.signal), expired]);

@@ -70,6 +70,19 @@ for (const transport of TRANSPORTS) {
 
     after(() => client?.close());
 
+    it('a deadline beyond what a Node timer holds does not fail the call at once', async () => {
+      // A setTimeout past 2^31 - 1 ms fires after 1 ms: such deadlines are clamped.
+      const patient = new RunControlClient(server.addressFor(transport), { transport, deadlineMs: 1e12 });
+      try {
+        await patient.waitForReady(1e12);
+        const run = defined((await patient.createRun({ threadId: thread() })).run);
+        const fetched = defined((await patient.getRun({ runId: run.runId }, { deadlineMs: 3e9 })).run);
+        assert.equal(fetched.runId, run.runId);
+      } finally {
+        patient.close();
+      }
+    });
+
     it('create, get, list and cancel a run', async () => {
       const threadId = thread();
       const started = Date.now();
