@@ -37,7 +37,7 @@ from grpc_status import rpc_status
 from runcontrol.errors import from_grpc_error
 from runcontrol.v1 import run_control_pb2 as pb
 from runcontrol.v1 import run_control_pb2_grpc as pb_grpc
-from runcontrol_server.app import RUN_CONTROL_SERVICE, RunControlServer
+from runcontrol_server.app import RUN_CONTROL_SERVICE, RunControlServer, connection_options
 from runcontrol_server.config import OPTIONS, Settings, build_parser, parse_settings
 from runcontrol_server.domain.manager import RunManager
 from runcontrol_server.stores.memory import InMemoryRunStore
@@ -206,6 +206,47 @@ def test_process_rejects_invalid_values_with_usage_and_exit_2(
     assert result.stderr.startswith("usage: ")
     assert message in result.stderr
     assert result.stdout == ""
+
+
+# Values past what grpc holds (C ints; whole milliseconds in an int) used to stop the
+# server at start with an OverflowError traceback; a near-zero progress interval would
+# have every stream send progress in a busy loop.
+@pytest.mark.parametrize(
+    ("flag", "value", "message"),
+    [
+        ("--keepalive-time", "1e20", "at most 2147483"),
+        ("--keepalive-timeout", "2147484", "at most 2147483"),
+        ("--max-connection-age", "1e20", "at most 2147483"),
+        ("--max-connection-age-grace", "1e20", "at most 2147483"),
+        ("--max-message-bytes", "2147483648", "at most 2147483647"),
+        ("--max-concurrent-rpcs", "99999999999", "at most 2147483647"),
+        ("--max-payload-bytes", "1073709056", "at most 1073709055"),
+        ("--history-max-age", "1e20", "at most 316224000"),
+        ("--progress-interval", "1e-300", "between 0.1 and 3600"),
+        ("--progress-interval", "7200", "between 0.1 and 3600"),
+    ],
+)
+def test_values_beyond_what_grpc_holds_are_usage_errors(
+    flag: str, value: str, message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        parse_settings([flag, value], {})
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {flag}" in err
+    assert message in err
+
+
+def test_the_largest_accepted_connection_times_fit_grpc() -> None:
+    settings = parse_settings(
+        [
+            *("--keepalive-time", "2147483", "--keepalive-timeout", "2147483"),
+            *("--max-connection-age", "2147483", "--max-connection-age-grace", "2147483"),
+            *("--max-message-bytes", "2147483647", "--max-concurrent-rpcs", "2147483647"),
+        ],
+        {},
+    )
+    assert all(0 < value <= 2**31 - 1 for _, value in connection_options(settings))
 
 
 # --- settings resolution (in-process) -------------------------------------------------

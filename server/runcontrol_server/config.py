@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from .domain.history import DEFAULT_MAX_AGE, DEFAULT_MAX_CHANGES
 from .domain.janitor import DEFAULT_RETENTION
@@ -163,6 +163,42 @@ def _positive_float(value: str) -> float:
     number = _non_negative_float(value)
     if number == 0:
         raise ValueError("must be a finite number > 0")
+    return number
+
+
+def _at_most(parse: Callable[[str], _N], limit: int, why: str) -> Callable[[str], _N]:
+    """`parse`, then refuse values above `limit` (`why` says what sets the limit)."""
+
+    def bounded(value: str) -> _N:
+        number = parse(value)
+        if number > limit:
+            raise ValueError(f"must be at most {limit} ({why})")
+        return number
+
+    return bounded
+
+
+_N = TypeVar("_N", int, float)
+
+# grpc takes its sizes and counts as C ints, and its connection times as int
+# milliseconds: a larger value stops the server at start with an OverflowError.
+GRPC_INT_MAX = 2**31 - 1
+GRPC_MS_MAX_SECONDS = GRPC_INT_MAX // 1000
+_GRPC_MS = f"about {GRPC_MS_MAX_SECONDS // 86400} days: gRPC takes whole milliseconds as an int"
+_GRPC_INT = "gRPC takes it as a 32-bit int"
+# Within what request validation allows a WatchRuns request to ask for (100 ms - 1 h):
+# a near-zero default would have every stream send progress in a busy loop.
+MIN_PROGRESS_INTERVAL_SECONDS = 0.1
+MAX_PROGRESS_INTERVAL_SECONDS = 3600.0
+
+
+def _progress_interval(value: str) -> float:
+    number = _positive_float(value)
+    if not MIN_PROGRESS_INTERVAL_SECONDS <= number <= MAX_PROGRESS_INTERVAL_SECONDS:
+        raise ValueError(
+            f"must be between {MIN_PROGRESS_INTERVAL_SECONDS:g} and "
+            f"{MAX_PROGRESS_INTERVAL_SECONDS:g} seconds"
+        )
     return number
 
 
@@ -313,7 +349,11 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_payload_bytes",
-        _positive_int,
+        _at_most(
+            _positive_int,
+            (GRPC_INT_MAX - MESSAGE_OVERHEAD) // 2,
+            "twice it plus 64 KiB is the gRPC message size, a 32-bit int",
+        ),
         "BYTES",
         "largest serialized metadata or kwargs accepted per run (kwargs often carry a "
         "whole message history)",
@@ -330,7 +370,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "max_concurrent_rpcs",
-        _positive_int,
+        _at_most(_positive_int, GRPC_INT_MAX, _GRPC_INT),
         "N",
         "calls served at once; more are refused with RESOURCE_EXHAUSTED",
         default_text="unlimited",
@@ -357,13 +397,13 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "progress_interval",
-        _positive_float,
+        _progress_interval,
         "SECONDS",
         "WatchRuns progress (bookmark) period for requests that do not set one",
     ),
     Option(
         "max_message_bytes",
-        _positive_int,
+        _at_most(_positive_int, GRPC_INT_MAX, _GRPC_INT),
         "BYTES",
         "largest request message received; gRPC itself refuses bigger ones with "
         "RESOURCE_EXHAUSTED (no ErrorInfo). At least twice --max-payload-bytes plus "
@@ -413,7 +453,7 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "history_max_age",
-        _non_negative_float,
+        _at_most(_non_negative_float, MAX_RETENTION_SECONDS, "10 years"),
         "SECONDS",
         "change sets older than this are compacted; 0 bounds history by count only",
     ),
@@ -435,27 +475,27 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option(
         "keepalive_time",
-        _non_negative_float,
+        _at_most(_non_negative_float, GRPC_MS_MAX_SECONDS, _GRPC_MS),
         "SECONDS",
         "ping a client connection after this long without activity, so dead peers and "
         "proxies that silently dropped it are noticed; 0 disables",
     ),
     Option(
         "keepalive_timeout",
-        _positive_float,
+        _at_most(_positive_float, GRPC_MS_MAX_SECONDS, _GRPC_MS),
         "SECONDS",
         "close a connection whose keepalive ping is not answered within this time",
     ),
     Option(
         "max_connection_age",
-        _non_negative_float,
+        _at_most(_non_negative_float, GRPC_MS_MAX_SECONDS, _GRPC_MS),
         "SECONDS",
         "ask clients to reconnect (GOAWAY) after this long, so new calls spread over "
         "replicas added behind one address; 0 keeps connections forever",
     ),
     Option(
         "max_connection_age_grace",
-        _non_negative_float,
+        _at_most(_non_negative_float, GRPC_MS_MAX_SECONDS, _GRPC_MS),
         "SECONDS",
         "after GOAWAY, how long calls still open may run before the connection closes "
         "(watches then resume on the next replica); 0 waits for them to end",
