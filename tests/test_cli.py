@@ -206,6 +206,13 @@ async def test_help_of_every_command_has_examples() -> None:
         pytest.param(["list", "--thread", "a\udcffb"], id="filter-not-utf8"),
         pytest.param(["status", "r", "flying"], id="bad-status"),
         pytest.param(["list", "--limit", "-1"], id="negative-limit"),
+        # Past the protobuf field's range (int32 / int64): nothing could be sent.
+        pytest.param(["list", "--page-size", str(2**31)], id="page-size-past-int32"),
+        pytest.param(["watch", "--start-revision", str(2**63)], id="revision-past-int64"),
+        pytest.param(
+            ["status", "r", "running", "--expected-mod-revision", str(2**63)],
+            id="expected-revision-past-int64",
+        ),
         pytest.param(["--timeout", "soon", "health"], id="bad-timeout"),
         pytest.param(["create", "t", "--run-timeout", "1e20"], id="run-timeout-beyond-duration"),
         pytest.param(["wait", "r", "--timeout", "1e12"], id="wait-beyond-duration"),

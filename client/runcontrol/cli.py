@@ -138,6 +138,20 @@ def _count(text: str) -> int:
     return value
 
 
+def _field(bits: int) -> Callable[[str], int]:
+    """A whole number >= 0 sent in a signed `bits`-bit protobuf field (a larger one
+    cannot be serialized at all)."""
+    limit = 2 ** (bits - 1) - 1
+
+    def parse(text: str) -> int:
+        value = _count(text)
+        if value > limit:
+            raise argparse.ArgumentTypeError(f"must be at most {limit}: {text!r}")
+        return value
+
+    return parse
+
+
 def _lower(text: str) -> str:
     return text.lower()
 
@@ -338,7 +352,7 @@ _COMMANDS: tuple[_Command, ...] = (
             _arg("--limit", type=_count, metavar="N", help="print at most N runs"),
             _arg(
                 "--page-size",
-                type=_count,
+                type=_field(32),
                 metavar="N",
                 help="runs fetched per call (server default)",
             ),
@@ -384,7 +398,7 @@ _COMMANDS: tuple[_Command, ...] = (
             _arg("--error", metavar="TEXT", help="error message (for error)"),
             _arg(
                 "--expected-mod-revision",
-                type=_count,
+                type=_field(64),
                 metavar="N",
                 help="only if the run is still at this mod revision (compare-and-set)",
             ),
@@ -454,7 +468,7 @@ _COMMANDS: tuple[_Command, ...] = (
             _status_filter("only runs in these statuses"),
             _arg(
                 "--start-revision",
-                type=_count,
+                type=_field(64),
                 default=0,
                 metavar="N",
                 help="replay history from revision N (default: from now)",
