@@ -26,7 +26,12 @@ from .domain.limits import (
     StoreLimits,
 )
 from .domain.waiting import DEFAULT_MAX_WAITERS
-from .domain.watch import DEFAULT_MAX_WATCHERS, DEFAULT_PROGRESS_INTERVAL
+from .domain.watch import (
+    DEFAULT_MAX_WATCHERS,
+    DEFAULT_PROGRESS_INTERVAL,
+    MAX_PROGRESS_INTERVAL,
+    MIN_PROGRESS_INTERVAL,
+)
 from .eventloop import LOOPS
 from .security.exposure import settings_problem
 from .security.pem import certificate_file, private_key_file
@@ -166,6 +171,9 @@ def _positive_float(value: str) -> float:
     return number
 
 
+_N = TypeVar("_N", int, float)
+
+
 def _at_most(parse: Callable[[str], _N], limit: int, why: str) -> Callable[[str], _N]:
     """`parse`, then refuse values above `limit` (`why` says what sets the limit)."""
 
@@ -178,26 +186,21 @@ def _at_most(parse: Callable[[str], _N], limit: int, why: str) -> Callable[[str]
     return bounded
 
 
-_N = TypeVar("_N", int, float)
-
 # grpc takes its sizes and counts as C ints, and its connection times as int
 # milliseconds: a larger value stops the server at start with an OverflowError.
 GRPC_INT_MAX = 2**31 - 1
 GRPC_MS_MAX_SECONDS = GRPC_INT_MAX // 1000
 _GRPC_MS = f"about {GRPC_MS_MAX_SECONDS // 86400} days: gRPC takes whole milliseconds as an int"
 _GRPC_INT = "gRPC takes it as a 32-bit int"
-# Within what request validation allows a WatchRuns request to ask for (100 ms - 1 h):
-# a near-zero default would have every stream send progress in a busy loop.
-MIN_PROGRESS_INTERVAL_SECONDS = 0.1
-MAX_PROGRESS_INTERVAL_SECONDS = 3600.0
 
 
 def _progress_interval(value: str) -> float:
+    """Within what a WatchRuns request may ask for (a near-zero default would have every
+    stream send progress in a busy loop)."""
     number = _positive_float(value)
-    if not MIN_PROGRESS_INTERVAL_SECONDS <= number <= MAX_PROGRESS_INTERVAL_SECONDS:
+    if not MIN_PROGRESS_INTERVAL <= number <= MAX_PROGRESS_INTERVAL:
         raise ValueError(
-            f"must be between {MIN_PROGRESS_INTERVAL_SECONDS:g} and "
-            f"{MAX_PROGRESS_INTERVAL_SECONDS:g} seconds"
+            f"must be between {MIN_PROGRESS_INTERVAL:g} and {MAX_PROGRESS_INTERVAL:g} seconds"
         )
     return number
 

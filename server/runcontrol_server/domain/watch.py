@@ -37,6 +37,10 @@ from .model import Change, ChangeKind, ChangeSet, Run, RunStatus
 
 DEFAULT_MAX_WATCHERS = 10_000
 DEFAULT_PROGRESS_INTERVAL = 5.0
+# The periods a request (and the server's default) may choose: shorter would have a
+# stream send progress in a busy loop, longer hides a dead one for too long.
+MIN_PROGRESS_INTERVAL = 0.1
+MAX_PROGRESS_INTERVAL = 3600.0
 # Change sets read from the history per call: amortizes the lookup for a watcher that
 # is behind, while bounding what one watcher holds (references to shared change sets).
 READ_CHUNK = 256

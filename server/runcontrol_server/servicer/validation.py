@@ -23,6 +23,7 @@ from runcontrol.v1 import run_control_pb2 as pb
 
 from ..domain.errors import InvalidArgument, LimitExceeded
 from ..domain.model import RunStatus, canonical_json
+from ..domain.watch import MAX_PROGRESS_INTERVAL, MIN_PROGRESS_INTERVAL
 from .convert import (
     CANCEL_ACTION_FROM_PROTO,
     DISCONNECT_FROM_PROTO,
@@ -36,8 +37,8 @@ from .limits import Limits
 _UNSPECIFIED = 0
 # google.protobuf.Duration's own range (about 10,000 years).
 _MAX_DURATION_SECONDS = 315_576_000_000
-_MIN_PROGRESS_INTERVAL = timedelta(milliseconds=100)
-_MAX_PROGRESS_INTERVAL = timedelta(hours=1)
+_MIN_PROGRESS_INTERVAL = timedelta(seconds=MIN_PROGRESS_INTERVAL)
+_MAX_PROGRESS_INTERVAL = timedelta(seconds=MAX_PROGRESS_INTERVAL)
 
 
 def check_id(field: str, value: str, limits: Limits) -> None:
